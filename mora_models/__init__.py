@@ -1,0 +1,1 @@
+"""The MoRA model, its trainer and the downstream benchmark."""

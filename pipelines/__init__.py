@@ -1,0 +1,1 @@
+"""Ingestion, validation and publishing of H3-keyed tables for mora."""
