@@ -162,9 +162,12 @@ def _extract_member(archive: Path, member: str, scratch: Path) -> Path:
     """Extract one member of a zip-like or tar archive into ``scratch``."""
     output = scratch / Path(member).name
     if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as bundle, bundle.open(member) as source:
-            with output.open("wb") as sink:
-                shutil.copyfileobj(source, sink)
+        with (
+            zipfile.ZipFile(archive) as bundle,
+            bundle.open(member) as source,
+            output.open("wb") as sink,
+        ):
+            shutil.copyfileobj(source, sink)
         return output
     with tarfile.open(archive) as bundle:
         source = bundle.extractfile(member)

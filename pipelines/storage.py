@@ -1,0 +1,378 @@
+"""Atomic, idempotent publishing of Parquet tables, and their quarantine rows.
+
+Layout under a region's output directory::
+
+    tables/<table>/[<key>=<value>/...]data.parquet   one file per partition
+    tables/<table>/[<key>=<value>/...]_manifest.json rows, schema, sha256, fingerprint
+    tables/quarantine/stage=<stage>/source=<source>/data.parquet
+    .staging/                                        work in progress, never read
+
+A table is written to ``.staging`` first, checked, and then moved into place
+with :func:`os.replace`, which is atomic on one filesystem: readers see the
+old file or the new one, never half of one. Files are byte-identical across
+re-runs on the same inputs, because rows are sorted by the table's key and no
+timestamps or run ids are written into data files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.config import safe_child
+from pipelines.constants import (
+    PARQUET_RESOLUTION_KEY,
+    PARQUET_TABLE_KEY,
+    QUARANTINE_COLUMNS,
+)
+from pipelines.datasets import file_sha256
+
+logger = logging.getLogger(__name__)
+
+TABLES_DIR = "tables"
+STAGING_DIR = ".staging"
+DATA_FILE = "data.parquet"
+MANIFEST_FILE = "_manifest.json"
+QUARANTINE_TABLE = "quarantine"
+_ROW_GROUP_ROWS = 1_000_000
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("stage", pa.string()),
+        ("source", pa.string()),
+        ("row_number", pa.int64()),
+        ("key", pa.string()),
+        ("rule", pa.string()),
+        ("value", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class PublishedTable:
+    """A table partition that was published (or found current and kept).
+
+    Attributes:
+        name: Table name.
+        path: The partition's Parquet file.
+        rows: Number of rows.
+        sha256: Hash of the Parquet file.
+        reused: True when the file was already current and left untouched.
+    """
+
+    name: str
+    path: Path
+    rows: int
+    sha256: str
+    reused: bool = False
+
+
+def table_dir(region_root: Path, name: str, partition: Mapping[str, str] | None = None) -> Path:
+    """Return the directory of a table partition, refusing names that escape the root."""
+    parts = [TABLES_DIR, name] + [f"{key}={value}" for key, value in (partition or {}).items()]
+    return safe_child(region_root, *parts)
+
+
+def table_path(region_root: Path, name: str, partition: Mapping[str, str] | None = None) -> Path:
+    """Return the Parquet file of a table partition."""
+    return table_dir(region_root, name, partition) / DATA_FILE
+
+
+def read_manifest(region_root: Path, name: str, partition: Mapping[str, str] | None = None) -> dict:
+    """Return the manifest of a published partition, or an empty dict if there is none."""
+    path = table_dir(region_root, name, partition) / MANIFEST_FILE
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def is_current(
+    region_root: Path,
+    name: str,
+    fingerprint: str,
+    partition: Mapping[str, str] | None = None,
+) -> bool:
+    """Return whether a partition was built from the inputs and settings in ``fingerprint``.
+
+    The data file's hash is checked against the manifest, so a file that was
+    edited, truncated or replaced by hand is rebuilt rather than trusted.
+    """
+    manifest = read_manifest(region_root, name, partition)
+    path = table_path(region_root, name, partition)
+    if manifest.get("fingerprint") != fingerprint or not path.is_file():
+        return False
+    return file_sha256(path) == manifest.get("sha256")
+
+
+@contextmanager
+def staging_dir(region_root: Path) -> Iterator[Path]:
+    """Yield a fresh directory under ``.staging`` and remove it afterwards."""
+    path = safe_child(region_root, STAGING_DIR, uuid.uuid4().hex)
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def write_parquet(
+    table: pa.Table | pd.DataFrame,
+    path: Path,
+    *,
+    name: str,
+    resolution: int | None = None,
+    extra_metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write a deterministic Parquet file (no pandas index, no timestamps)."""
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    metadata = {PARQUET_TABLE_KEY: name.encode()}
+    if resolution is not None:
+        metadata[PARQUET_RESOLUTION_KEY] = str(resolution).encode()
+    for key, value in (extra_metadata or {}).items():
+        metadata[f"mora.{key}".encode()] = value.encode()
+    table = table.replace_schema_metadata(metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(
+        table,
+        path,
+        compression="zstd",
+        row_group_size=_ROW_GROUP_ROWS,
+        write_statistics=True,
+    )
+
+
+def publish_table(
+    region_root: Path,
+    name: str,
+    table: pa.Table | pd.DataFrame,
+    *,
+    sort_by: Sequence[str],
+    fingerprint: str,
+    partition: Mapping[str, str] | None = None,
+    resolution: int | None = None,
+    check: Callable[[Path], None] | None = None,
+) -> PublishedTable:
+    """Write a table partition to staging, check it, then move it into place.
+
+    Args:
+        region_root: The region's output directory.
+        name: Table name (a directory under ``tables/``).
+        table: Rows to publish.
+        sort_by: Columns that order the rows; together they should be unique,
+            so the file is the same whatever order the rows arrived in.
+        fingerprint: Hash of everything the table was built from (input file
+            hashes, config sections, code version); stored in the manifest.
+        partition: Partition keys and values, e.g. ``{"date": "2024-01-31"}``.
+            Publishing a partition replaces that partition only.
+        resolution: H3 resolution of the table's cells, if it has any.
+        check: Called with the staged file before publishing; raises to stop.
+
+    Returns:
+        What was published.
+    """
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    if sort_by:
+        table = table.sort_by([(column, "ascending") for column in sort_by])
+    destination_dir = table_dir(region_root, name, partition)
+    with staging_dir(region_root) as staging:
+        staged = staging / DATA_FILE
+        write_parquet(table, staged, name=name, resolution=resolution)
+        if check is not None:
+            check(staged)
+        digest = file_sha256(staged)
+        manifest = {
+            "table": name,
+            "partition": dict(partition or {}),
+            "rows": table.num_rows,
+            "resolution": resolution,
+            "columns": {field.name: str(field.type) for field in table.schema},
+            "sort_by": list(sort_by),
+            "sha256": digest,
+            "fingerprint": fingerprint,
+        }
+        staged_manifest = staging / MANIFEST_FILE
+        staged_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        destination_dir.mkdir(parents=True, exist_ok=True)
+        # The manifest goes last: a crash in between leaves a data file whose
+        # hash does not match its manifest, which is_current() rebuilds.
+        os.replace(staged, destination_dir / DATA_FILE)
+        os.replace(staged_manifest, destination_dir / MANIFEST_FILE)
+    logger.info("published %s (%d rows) to %s", name, table.num_rows, destination_dir)
+    return PublishedTable(name, destination_dir / DATA_FILE, table.num_rows, digest)
+
+
+def publish_query(
+    region_root: Path,
+    name: str,
+    connection,
+    query: str,
+    *,
+    sort_by: Sequence[str],
+    fingerprint: str,
+    partition: Mapping[str, str] | None = None,
+    resolution: int | None = None,
+    check: Callable[[Path], None] | None = None,
+    parameters: Mapping[str, object] | None = None,
+) -> PublishedTable:
+    """Publish the result of a DuckDB query without loading it into Python.
+
+    DuckDB writes the sorted result to staging; then the file is checked and
+    moved into place as in :func:`publish_table`. Use this for tables too
+    large to hold in memory, such as cell-to-cell flows.
+    """
+    destination_dir = table_dir(region_root, name, partition)
+    order = ", ".join(f'"{column}"' for column in sort_by)
+    metadata = {"mora.table": name}
+    if resolution is not None:
+        metadata["mora.resolution"] = str(resolution)
+    kv = ", ".join(f"'{key}': '{value}'" for key, value in metadata.items())
+    with staging_dir(region_root) as staging:
+        staged = staging / DATA_FILE
+        connection.execute(
+            f"COPY (SELECT * FROM ({query}) ORDER BY {order}) TO '{staged}' "
+            f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {_ROW_GROUP_ROWS}, "
+            f"KV_METADATA {{{kv}}})",
+            dict(parameters) if parameters else None,
+        )
+        if check is not None:
+            check(staged)
+        parquet = pq.ParquetFile(staged)
+        rows = parquet.metadata.num_rows
+        digest = file_sha256(staged)
+        manifest = {
+            "table": name,
+            "partition": dict(partition or {}),
+            "rows": rows,
+            "resolution": resolution,
+            "columns": {field.name: str(field.type) for field in parquet.schema_arrow},
+            "sort_by": list(sort_by),
+            "sha256": digest,
+            "fingerprint": fingerprint,
+        }
+        staged_manifest = staging / MANIFEST_FILE
+        staged_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        destination_dir.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, destination_dir / DATA_FILE)
+        os.replace(staged_manifest, destination_dir / MANIFEST_FILE)
+    logger.info("published %s (%d rows) to %s", name, rows, destination_dir)
+    return PublishedTable(name, destination_dir / DATA_FILE, rows, digest)
+
+
+def reuse_table(
+    region_root: Path, name: str, partition: Mapping[str, str] | None = None
+) -> PublishedTable:
+    """Describe an already published, current partition without rewriting it."""
+    manifest = read_manifest(region_root, name, partition)
+    path = table_path(region_root, name, partition)
+    logger.info("%s is current (%d rows), kept %s", name, manifest["rows"], path)
+    return PublishedTable(name, path, int(manifest["rows"]), manifest["sha256"], reused=True)
+
+
+@dataclass
+class Quarantine:
+    """Collects rejected rows of one stage and publishes them per source.
+
+    Every source registered with :meth:`start` gets a quarantine partition on
+    :meth:`publish`, empty when nothing was rejected, so a re-run that rejects
+    nothing also clears the rows of an earlier run.
+    """
+
+    stage: str
+    frames: dict[str, list[pd.DataFrame]] = field(default_factory=dict)
+
+    def start(self, source: str) -> None:
+        """Register a source, so that it gets a partition even with no rejects."""
+        self.frames.setdefault(source, [])
+
+    def add(
+        self,
+        source: str,
+        *,
+        row_numbers: Sequence[int] | pd.Series,
+        keys: Sequence[object] | pd.Series,
+        rules: Sequence[str] | pd.Series | str,
+        values: Sequence[object] | pd.Series,
+    ) -> int:
+        """Record rejected rows and return how many were added.
+
+        Args:
+            source: Input name.
+            row_numbers: 1-based data row numbers in the source file (header excluded).
+            keys: An identifying key per row (trip id, zone id); may be missing.
+            rules: The rule each row broke, or one rule for all.
+            values: The offending value per row, as found.
+        """
+        count = len(row_numbers)
+        if count == 0:
+            self.start(source)
+            return 0
+        frame = pd.DataFrame(
+            {
+                "stage": self.stage,
+                "source": source,
+                "row_number": pd.Series(list(row_numbers), dtype="int64"),
+                "key": pd.Series(list(keys), dtype="string"),
+                "rule": rules if isinstance(rules, str) else pd.Series(list(rules), dtype="string"),
+                "value": pd.Series(
+                    [None if pd.isna(v) else str(v) for v in values], dtype="string"
+                ),
+            }
+        )
+        self.frames.setdefault(source, []).append(frame)
+        return count
+
+    def count(self, source: str) -> int:
+        """Return the number of rows rejected so far for ``source``."""
+        return sum(len(frame) for frame in self.frames.get(source, []))
+
+    def publish(self, region_root: Path, fingerprint: str) -> list[PublishedTable]:
+        """Publish one quarantine partition per registered source."""
+        published = []
+        for source, frames in sorted(self.frames.items()):
+            rows = (
+                pd.concat(frames, ignore_index=True)
+                if frames
+                else pd.DataFrame({column: [] for column in QUARANTINE_COLUMNS})
+            )
+            table = pa.Table.from_pandas(rows, schema=QUARANTINE_SCHEMA, preserve_index=False)
+            if len(rows):
+                logger.warning(
+                    "%s: %d row(s) of %s quarantined; rules: %s",
+                    self.stage,
+                    len(rows),
+                    source,
+                    rows["rule"].value_counts().to_dict(),
+                )
+            published.append(
+                publish_table(
+                    region_root,
+                    QUARANTINE_TABLE,
+                    table,
+                    sort_by=["row_number", "rule", "key"],
+                    fingerprint=fingerprint,
+                    partition={"stage": self.stage, "source": source},
+                )
+            )
+        return published
+
+
+def read_quarantine(region_root: Path) -> pd.DataFrame:
+    """Return every quarantined row of a region as one DataFrame."""
+    root = table_dir(region_root, QUARANTINE_TABLE)
+    files = sorted(root.glob(f"stage=*/source=*/{DATA_FILE}"))
+    if not files:
+        return pd.DataFrame({column: [] for column in QUARANTINE_COLUMNS})
+    return pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
