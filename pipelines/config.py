@@ -60,6 +60,10 @@ class IdPart(_Strict):
     width: int | None = Field(default=None, ge=1, le=32)
 
 
+def _optional_parts(value: Any) -> Any:
+    return None if value is None else _as_parts(value)
+
+
 def _as_parts(value: Any) -> Any:
     """Accept a bare column name or a single part where a list of parts is expected."""
     if isinstance(value, str):
@@ -244,12 +248,16 @@ class TaskConfig(_Strict):
 
     Attributes:
         name: Task name used in result tables.
-        label: Name of a built-in label column (see
-            :func:`mora_models.benchmark.us_labels.load_county_labels`) or a
-            column of ``input``.
-        input: Optional label file with an id column; built-in labels when omitted.
-        id: Id column(s) of ``input``.
+        label: Column of ``input``, or of the built-in label table when
+            ``input`` is omitted (see
+            :func:`mora_models.benchmark.us_labels.load_county_labels`).
+        input: Label file (CSV) with an id column; built-in labels when omitted.
+        id: Id column(s) of ``input``, normalised like zone ids.
         transform: ``log1p`` for counts and skewed targets.
+        scale: Spatial unit of the task, reported beside the results.
+        derived_from: Inputs the label is computed from, as ``<input>`` or
+            ``<input>:<column>``. A run refuses a task whose label comes from
+            data the model also sees.
     """
 
     name: Name
@@ -257,28 +265,57 @@ class TaskConfig(_Strict):
     input: str | None = None
     id: list[IdPart] | None = None
     transform: Literal["none", "log1p"] = "none"
+    scale: Literal["point", "grid", "tract", "region", "county", "city"] = "county"
+    derived_from: list[str] = Field(default_factory=list)
 
     _name = field_validator("name")(_check_name)
-    _id = field_validator("id", mode="before")(
-        lambda value: None if value is None else _as_parts(value)
-    )
+    _id = field_validator("id", mode="before")(_optional_parts)
+
+    @model_validator(mode="after")
+    def _input_needs_id(self) -> TaskConfig:
+        if self.input is not None and not self.id:
+            raise ValueError(f"task {self.name!r} reads {self.input!r} but names no `id` column")
+        return self
 
 
 class BenchmarkSettings(_Strict):
-    """Downstream evaluation protocol."""
+    """Downstream evaluation: tasks, compared models and protocol options.
+
+    Attributes:
+        tasks: Regression tasks on zone labels.
+        variants: Trained models compared (see ``pipelines.training.VARIANTS``);
+            ``mora`` is the method, the others are baselines and ablations.
+        feature_baselines: Baselines computed without training: ``raw_features``
+            (the model's input features averaged per zone) and
+            ``raw_features_pca`` (their first principal components).
+        protocol: Options of :class:`mora_models.benchmark.BenchmarkConfig`
+            (probes, splits, seeds, n_folds, include_shuffled, lightgbm, ...).
+    """
 
     tasks: list[TaskConfig] = Field(default_factory=list)
-    probes: list[Literal["ridge", "lightgbm"]] = Field(
-        default_factory=lambda: ["ridge", "lightgbm"]
+    variants: list[str] = Field(default_factory=lambda: ["mora", "h3_adjacency"])
+    feature_baselines: list[Literal["raw_features", "raw_features_pca"]] = Field(
+        default_factory=lambda: ["raw_features"]
     )
-    splits: list[Literal["blocked", "random"]] = Field(
-        default_factory=lambda: ["blocked", "random"]
-    )
-    folds: int = Field(default=5, ge=2)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    baselines: list[Literal["raw_features", "h3_adjacency"]] = Field(
-        default_factory=lambda: ["raw_features", "h3_adjacency"]
-    )
+    protocol: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("protocol")
+    @classmethod
+    def _check_protocol(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from mora_models.benchmark.config import BenchmarkConfig
+
+        try:
+            BenchmarkConfig.from_dict(value)
+        except ConfigError as error:
+            raise ValueError(str(error)) from error
+        return value
+
+    @field_validator("variants")
+    @classmethod
+    def _check_variants(cls, value: list[str]) -> list[str]:
+        if "mora" not in value:
+            raise ValueError("benchmark.variants must include 'mora', the method itself")
+        return value
 
 
 class RegionConfig(_Strict):

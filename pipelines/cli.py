@@ -1,0 +1,240 @@
+"""The ``mora`` command: every pipeline stage on one machine, without Airflow.
+
+Examples::
+
+    mora run configs/us_counties.yaml             # every stage, then the benchmark table
+    mora ingest configs/us_counties.yaml           # zones, rasters, mobility, POIs, census
+    mora train configs/us_counties.yaml --resume   # continue from the last checkpoint
+    mora data seed ../shared/data                  # fill the data cache without network
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipelines.errors import MoraError
+
+logger = logging.getLogger("mora")
+
+PROGRESS_ENV = "MORA_PROGRESS"
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.DEBUG if verbosity > 1 else logging.INFO if verbosity >= 0 else logging.WARNING
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    # These libraries log every metric or request at INFO.
+    for noisy in ("great_expectations", "alembic", "mlflow", "urllib3", "numexpr"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def _load(args: argparse.Namespace):
+    from pipelines.config import load_config
+
+    overrides = {}
+    if getattr(args, "resolution", None) is not None:
+        overrides["resolution"] = args.resolution
+    if getattr(args, "output_root", None) is not None:
+        overrides["output_root"] = str(args.output_root)
+    return load_config(args.config, overrides)
+
+
+class _EpochProgress:
+    """A tqdm bar per training variant, fed by the trainer's epoch callback."""
+
+    def __init__(self, max_epochs: int) -> None:
+        self.max_epochs = max_epochs
+        self.bars: dict[str, object] = {}
+
+    def __call__(self, variant: str, metrics: dict[str, float]) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(variant)
+        if bar is None:
+            bar = tqdm(total=self.max_epochs, desc=f"train {variant}", unit="epoch", leave=True)
+            self.bars[variant] = bar
+        bar.set_postfix(
+            train=f"{metrics.get('train_loss', float('nan')):.4f}",
+            val=f"{metrics.get('val_loss', float('nan')):.4f}",
+        )
+        bar.update(1)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _run(args: argparse.Namespace, stages: Sequence[str]) -> int:
+    from pipelines.runner import RunOptions, run_pipeline
+
+    config = _load(args)
+    progress = _EpochProgress(config.training.max_epochs)
+    variants = tuple(args.variant) if getattr(args, "variant", None) else None
+    options = RunOptions(
+        force=args.force,
+        resume=getattr(args, "resume", False),
+        variants=variants,
+        on_epoch=progress,
+    )
+    started = time.perf_counter()
+
+    def on_stage(stage: str, report) -> None:
+        done = stages.index(stage) + 1
+        logger.info(
+            "[%d/%d] %s done (%.0f s elapsed)",
+            done,
+            len(stages),
+            stage,
+            time.perf_counter() - started,
+        )
+
+    try:
+        result = run_pipeline(config, stages, options, run_name=args.run_name, on_stage=on_stage)
+    finally:
+        progress.close()
+    print()
+    print(f"region {config.name}: outputs in {config.region_root}")
+    for report in result.reports:
+        for line in report.summary_lines():
+            print("  " + line)
+    benchmark = result.report("benchmark")
+    if benchmark is not None and benchmark.artifacts:
+        table = next((p for p in benchmark.artifacts if Path(p).name == "benchmark.md"), None)
+        if table is not None:
+            print()
+            print(Path(table).read_text(encoding="utf-8"))
+    print(f"MLflow run {result.run_id} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from pipelines import datasets
+
+    if args.data_command == "seed":
+        report = datasets.seed_cache(Path(args.directory))
+        print(
+            f"cache {datasets.cache_dir()}: copied {len(report.copied)}, "
+            f"already cached {len(report.already_cached)}, missing {len(report.missing)}, "
+            f"wrong hash {len(report.mismatched)}"
+        )
+        for key in report.mismatched:
+            print(f"  wrong sha256, not copied: {key}")
+        return 1 if report.mismatched else 0
+    if args.data_command == "fetch":
+        for key in args.keys:
+            print(datasets.fetch(key))
+        return 0
+    cached = datasets.cache_dir()
+    for key, entry in sorted(datasets.registry().items()):
+        present = "cached " if (cached / key).is_file() else "missing"
+        print(f"{present} {entry.size_bytes:>10} {key}")
+    return 0
+
+
+def _quarantine(args: argparse.Namespace) -> int:
+    from pipelines.storage import read_quarantine
+
+    config = _load(args)
+    rows = read_quarantine(config.region_root)
+    if rows.empty:
+        print("no quarantined rows")
+        return 0
+    summary = rows.groupby(["stage", "source", "rule"]).size().rename("rows").reset_index()
+    print(summary.to_string(index=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``mora`` command."""
+    parser = argparse.ArgumentParser(
+        prog="mora",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def stage_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("config", type=Path, help="region config YAML")
+        command.add_argument(
+            "--force",
+            action="store_true",
+            help="rebuild outputs even when their inputs are unchanged",
+        )
+        command.add_argument("--resolution", type=int, help="override the config's H3 resolution")
+        command.add_argument("--output-root", type=Path, help="override the config's output root")
+        command.add_argument("--run-name", help="MLflow run name")
+        return command
+
+    stage_command("run", "run every stage: ingest, features, train, benchmark")
+    ingest = stage_command("ingest", "ingest zones, rasters, mobility, POIs and census")
+    ingest.add_argument(
+        "--modality",
+        action="append",
+        choices=["zones", "imagery", "mobility", "poi", "census"],
+        help="ingest only these (repeatable); zones are needed first",
+    )
+    stage_command("features", "build the sparsified graph and the feature tables")
+    train = stage_command("train", "pre-train the model and write embeddings")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument(
+        "--variant", action="append", help="variant to train (repeatable): mora, h3_adjacency, ..."
+    )
+    stage_command("benchmark", "score embeddings and baselines on the benchmark tasks")
+
+    quarantine = commands.add_parser("quarantine", help="summarise rejected rows of a region")
+    quarantine.add_argument("config", type=Path, help="region config YAML")
+
+    data = commands.add_parser("data", help="the dataset registry and the local cache")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    data_commands.add_parser("list", help="list registered files and whether they are cached")
+    seed = data_commands.add_parser("seed", help="copy registered files from a local directory")
+    seed.add_argument("directory", help="directory laid out like the cache (DIR/us/...)")
+    fetch = data_commands.add_parser("fetch", help="download registered files into the cache")
+    fetch.add_argument("keys", nargs="+", help="registry keys, e.g. us/poi/vega_airports.csv")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mora`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(-1 if args.quiet else args.verbose)
+    os.environ.setdefault(PROGRESS_ENV, "1" if sys.stderr.isatty() else "0")
+    try:
+        if args.command == "data":
+            return _data(args)
+        if args.command == "quarantine":
+            return _quarantine(args)
+        from pipelines.runner import INGEST_STAGES, STAGES
+
+        if args.command == "run":
+            return _run(args, STAGES)
+        if args.command == "ingest":
+            stages = tuple(args.modality) if args.modality else INGEST_STAGES
+            return _run(args, stages)
+        return _run(args, (args.command,))
+    except MoraError as error:
+        logger.error("%s", error)
+        return 2
+    except KeyboardInterrupt:
+        logger.error(
+            "interrupted; published tables are intact, staging files are removed on the next run"
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
