@@ -21,7 +21,12 @@ from mora_models.benchmark.protocol import (
     summarize,
 )
 from mora_models.benchmark.report import write_benchmark_artifacts, write_report
-from mora_models.benchmark.splits import blocked_kfold, contiguous_kfold, random_holdout
+from mora_models.benchmark.splits import (
+    blocked_kfold,
+    contiguous_kfold,
+    h3_parent_groups,
+    random_holdout,
+)
 
 __all__ = [
     "BenchmarkConfig",
@@ -32,6 +37,7 @@ __all__ = [
     "blocked_kfold",
     "contiguous_kfold",
     "evaluate",
+    "h3_parent_groups",
     "headline",
     "is_shuffled_control",
     "mae",

@@ -110,7 +110,9 @@ def evaluate(
     _check_labels(labels, tasks)
     ids = _common_ids(features, labels)
     rows = {name: matrix.loc[ids].to_numpy(dtype=np.float64) for name, matrix in matrices.items()}
-    group_values = _aligned_groups(groups, ids) if groups is not None else None
+    group_values = None
+    if groups is not None and "blocked" in config.splits:
+        group_values = _aligned_groups(groups, ids)
     n_jobs = config.n_jobs or available_cores()
 
     records: list[dict[str, object]] = []

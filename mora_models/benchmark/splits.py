@@ -12,11 +12,13 @@ import math
 from dataclasses import dataclass
 from typing import Final, Literal
 
+import h3
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from sklearn.model_selection import GroupKFold, KFold
 
+from pipelines.constants import MAX_RESOLUTION, MIN_RESOLUTION
 from pipelines.errors import ConfigError, SchemaError
 
 SplitKind = Literal["random", "blocked", "contiguous"]
@@ -164,6 +166,42 @@ def make_folds(
             raise SchemaError(f"got {group_array.shape[0]} group labels for {n_samples} rows")
         return blocked_kfold(group_array, n_folds=n_folds, seed=seed)
     raise ConfigError(f"unknown split {kind!r}; expected one of {', '.join(SPLIT_KINDS)}")
+
+
+def h3_parent_groups(cells: pd.Index, resolution: int) -> pd.Series:
+    """Map each H3 cell to its parent cell at ``resolution``, as block labels for the blocked split.
+
+    Args:
+        cells: H3 cells as unsigned 64-bit integers (the ``h3_cell`` key of
+            published tables) or as 15-character hexadecimal strings.
+        resolution: Resolution of the parent cells, coarser than every cell.
+
+    Returns:
+        The parent cell of each cell, in the same form, indexed by ``cells``.
+
+    Raises:
+        SchemaError: A value is not a valid H3 cell.
+        ConfigError: ``resolution`` is finer than a cell's resolution.
+    """
+    if not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
+        raise ConfigError(
+            f"parent resolution must be in {MIN_RESOLUTION}..{MAX_RESOLUTION}, got {resolution}"
+        )
+    parents = []
+    for cell in cells:
+        as_text = isinstance(cell, str)
+        index = cell if as_text else h3.int_to_str(int(cell))
+        if not h3.is_valid_cell(index):
+            raise SchemaError(f"{cell!r} is not a valid H3 cell; pass h3_cell values or H3 strings")
+        cell_resolution = h3.get_resolution(index)
+        if cell_resolution < resolution:
+            raise ConfigError(
+                f"parent resolution {resolution} is finer than cell {index} (resolution "
+                f"{cell_resolution}); lower the parent resolution to at most {cell_resolution}"
+            )
+        parent = h3.cell_to_parent(index, resolution)
+        parents.append(parent if as_text else h3.str_to_int(parent))
+    return pd.Series(parents, index=cells, name="h3_parent")
 
 
 def _check_fold_count(n_folds: int) -> None:

@@ -1,12 +1,15 @@
 import math
 
+import h3
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.model_selection import KFold
 
 from mora_models.benchmark.splits import (
     blocked_kfold,
     contiguous_kfold,
+    h3_parent_groups,
     make_folds,
     random_holdout,
 )
@@ -102,3 +105,36 @@ def test_make_folds_blocked_needs_groups():
 def test_make_folds_rejects_unknown_split():
     with pytest.raises(ConfigError, match="unknown split 'spatial'"):
         make_folds("spatial", 100, seed=0)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def county_cells(us_atlas_counties):
+    """Resolution-6 H3 cell of each county's representative point."""
+    points = us_atlas_counties[~us_atlas_counties.geometry.is_empty].representative_point()
+    cells = [h3.latlng_to_cell(point.y, point.x, 6) for point in points]
+    return pd.Index(np.array([h3.str_to_int(cell) for cell in cells], dtype=np.uint64))
+
+
+def test_h3_parent_groups_block_parents(county_cells):
+    groups = h3_parent_groups(county_cells, resolution=2)
+    assert groups.index.equals(county_cells)
+    assert groups.nunique() > 100
+    for fold in blocked_kfold(groups.to_numpy(), n_folds=5, seed=0):
+        train_parents = set(groups.to_numpy()[fold.train])
+        test_parents = set(groups.to_numpy()[fold.test])
+        assert train_parents.isdisjoint(test_parents)
+
+
+def test_h3_parent_groups_of_strings(county_cells):
+    strings = pd.Index([h3.int_to_str(int(cell)) for cell in county_cells[:3]])
+    groups = h3_parent_groups(strings, resolution=4)
+    for cell, parent in groups.items():
+        assert parent == h3.cell_to_parent(cell, 4)
+        assert h3.get_resolution(parent) == 4
+
+
+def test_h3_parent_groups_reject_bad_input(county_cells):
+    with pytest.raises(SchemaError, match="not a valid H3 cell"):
+        h3_parent_groups(pd.Index(["not-a-cell"]), resolution=2)
+    with pytest.raises(ConfigError, match="lower the parent resolution"):
+        h3_parent_groups(county_cells[:2], resolution=8)
