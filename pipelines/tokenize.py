@@ -188,6 +188,20 @@ def _continuous_polygon(polygon: Polygon) -> Polygon:
     return Polygon(unwrapped_exterior, holes)
 
 
+def polygon_parts(geometry) -> list[Polygon]:
+    """Return the polygons of a geometry, dropping points and lines.
+
+    Repairing an invalid polygon with ``make_valid`` can give a collection
+    of polygons and stray lines; only the polygons have cells.
+    """
+    if isinstance(geometry, Polygon):
+        return [geometry]
+    parts: list[Polygon] = []
+    for part in getattr(geometry, "geoms", []):
+        parts.extend(polygon_parts(part))
+    return parts
+
+
 def split_for_h3(geometry: Polygon | MultiPolygon) -> list[tuple[Polygon | MultiPolygon, float]]:
     """Cut a lon/lat polygon into pieces H3 reads correctly.
 
@@ -195,9 +209,8 @@ def split_for_h3(geometry: Polygon | MultiPolygon) -> list[tuple[Polygon | Multi
         Pieces with longitudes in [-180, 180], each at most 90° wide, and the
         centre longitude of the strip each came from.
     """
-    parts = list(geometry.geoms) if isinstance(geometry, MultiPolygon) else [geometry]
     pieces: list[tuple[Polygon | MultiPolygon, float]] = []
-    for part in parts:
+    for part in polygon_parts(geometry):
         if part.is_empty:
             continue
         continuous = _continuous_polygon(part)
