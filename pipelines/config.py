@@ -99,6 +99,22 @@ class ZonesConfig(_Strict):
     _parts = field_validator("id", mode="before")(_as_parts)
 
 
+class PointLayerConfig(_Strict):
+    """A point layer read from a CSV with coordinate columns.
+
+    Attributes:
+        input: Registry key or path of the CSV file.
+        x: Column of longitudes, or eastings in a projected ``crs``.
+        y: Column of latitudes, or northings.
+        crs: CRS of the coordinate columns.
+    """
+
+    input: str
+    x: str
+    y: str
+    crs: str = "EPSG:4326"
+
+
 class WeightConfig(_Strict):
     """How zone totals are spread over the H3 cells of a zone.
 
@@ -106,9 +122,19 @@ class WeightConfig(_Strict):
         raster: Name of a raster under ``imagery`` holding a density (for
             example population per km²); each piece of a zone gets a share
             proportional to density times area. When omitted, shares follow area.
+        points: A point layer (addresses, POIs, stations); each piece of a
+            zone gets a share proportional to the points of its cell times
+            the share of the cell it covers. Excludes ``raster``.
     """
 
     raster: str | None = None
+    points: PointLayerConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_weight(self) -> WeightConfig:
+        if self.raster is not None and self.points is not None:
+            raise ValueError("a weight is either `raster` or `points`, not both")
+        return self
 
 
 class OdTableConfig(_Strict):
@@ -126,58 +152,494 @@ class OdTableConfig(_Strict):
     _origin = field_validator("origin", "destination", mode="before")(_as_parts)
 
 
-MobilityConfig = Annotated[OdTableConfig, Field(discriminator="kind")]
-
-
-class PoiSourceConfig(_Strict):
-    """A point layer of places, read from a CSV with coordinate columns.
+class MatrixIndexConfig(_Strict):
+    """The zone list whose row *i* is row and column *i* of an OD matrix.
 
     Attributes:
-        category: Column whose values become categories; when omitted every
-            point gets the category ``label``.
-        label: Prefix of this source's categories (``hospital`` gives
-            ``hospital:general_acute_care``).
-        crs: CRS of the coordinate columns.
+        input: Registry key or path of a vector file or a CSV with the ids.
+        layer: Layer name inside a multi-layer vector file.
+        id: Column(s) forming the zone id, normalised like the zones' ids.
+        order: Column holding each zone's 0-based matrix index; the file's
+            row order when omitted.
     """
 
+    input: str
+    layer: str | None = None
+    id: list[IdPart]
+    order: str | None = None
+
+    _parts = field_validator("id", mode="before")(_as_parts)
+
+
+class OdMatrixConfig(_Strict):
+    """Flows between zones as a square NumPy matrix (``.npy``), origin by row.
+
+    Attributes:
+        input: Registry key or path of the ``.npy`` file (N x N, no pickles).
+        index: The zones of the rows and columns.
+        diagonal: ``keep`` flows from a zone to itself, or ``drop`` them.
+    """
+
+    kind: Literal["od_matrix"] = "od_matrix"
     name: Name
     input: str
-    lon: str
-    lat: str
-    category: str | None = None
-    label: str
-    text: str | None = None
-    crs: str = "EPSG:4326"
+    index: MatrixIndexConfig
+    diagonal: Literal["keep", "drop"] = "keep"
+    weight: WeightConfig = Field(default_factory=WeightConfig)
 
     _name = field_validator("name")(_check_name)
 
 
-class CensusTableConfig(_Strict):
-    """A table of statistics per zone, interpolated to cells by areal weighting.
+def _as_time(value: Any) -> Any:
+    """Accept a bare column name where a time mapping is expected."""
+    return {"column": value} if isinstance(value, str) else value
+
+
+class TimeColumnConfig(_Strict):
+    """How a column of timestamps becomes UTC instants.
 
     Attributes:
-        zone_id: Column(s) forming the zone id; must match the zones' ids.
-        where: Keep rows where each column equals the given value (after
-            trimming), e.g. ``{SUMLEV: "50"}`` for county rows only.
-        extensive: Count variables (people, households). A cell gets the
-            zone total times its share of the zone's weight, so totals are kept.
-        intensive: Rate, share, median and density variables. A cell gets the
-            area-weighted mean of the zones that overlap it.
-        missing_codes: Values that mean "not available" (annotation codes,
-            suppression markers); they become missing before any arithmetic.
+        column: Source column (text, timestamps, or epoch numbers).
+        time_zone: IANA zone of times written without an offset
+            (``America/New_York``); times with an offset or ``Z`` keep theirs.
+        format: ``strptime`` format, ``epoch_s`` or ``epoch_ms``; ISO 8601 when omitted.
+        ambiguous: Local times that occur twice when clocks fall back:
+            ``reject`` quarantines them, ``earliest`` and ``latest`` pick one
+            occurrence, ``infer`` takes the second occurrence once the local
+            time has stepped back within a user's records in file order.
+        nonexistent: Local times skipped when clocks spring forward:
+            ``reject`` quarantines them, ``shift_forward`` moves them to the
+            first valid instant.
+    """
+
+    column: str
+    time_zone: str = "UTC"
+    format: str | None = None
+    ambiguous: Literal["reject", "earliest", "latest", "infer"] = "reject"
+    nonexistent: Literal["reject", "shift_forward"] = "reject"
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(
+                f"time_zone {value!r} is not an IANA time zone (e.g. Europe/Helsinki)"
+            ) from error
+        return value
+
+
+class EndpointConfig(_Strict):
+    """Where a trip starts or ends: coordinates, a station id or an H3 cell.
+
+    Give exactly one of ``x`` and ``y`` together, ``station`` or ``cell``.
+
+    Attributes:
+        x: Column of longitudes, or eastings in a projected CRS.
+        y: Column of latitudes, or northings.
+        station: Id column(s) looked up in the source's ``stations`` table.
+        cell: Column of H3 cells (hexadecimal text or integers) at the
+            region's resolution or finer; finer cells are replaced by their parent.
+    """
+
+    x: str | None = None
+    y: str | None = None
+    station: list[IdPart] | None = None
+    cell: str | None = None
+
+    _station = field_validator("station", mode="before")(_optional_parts)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> EndpointConfig:
+        coordinates = self.x is not None or self.y is not None
+        if coordinates and (self.x is None or self.y is None):
+            raise ValueError("an endpoint given by coordinates needs both `x` and `y`")
+        given = [coordinates, self.station is not None, self.cell is not None]
+        if sum(given) != 1:
+            raise ValueError("an endpoint needs exactly one of `x`/`y`, `station` or `cell`")
+        return self
+
+    @property
+    def kind(self) -> Literal["coordinates", "station", "cell"]:
+        """How the endpoint is located."""
+        if self.station is not None:
+            return "station"
+        if self.cell is not None:
+            return "cell"
+        return "coordinates"
+
+    @property
+    def columns(self) -> list[str]:
+        """Source columns the endpoint reads."""
+        if self.station is not None:
+            return [part.column for part in self.station]
+        if self.cell is not None:
+            return [self.cell]
+        return [str(self.x), str(self.y)]
+
+
+class StationsConfig(_Strict):
+    """A table of stations with coordinates, for trips keyed by station id.
+
+    Attributes:
+        input: Registry key or path of a CSV file.
+        id: Column(s) of the station id, normalised like the trips' station ids.
+        x: Column of longitudes or eastings.
+        y: Column of latitudes or northings.
+        crs: CRS of the coordinate columns.
+    """
+
+    input: str
+    id: list[IdPart]
+    x: str
+    y: str
+    crs: str = "EPSG:4326"
+
+    _id = field_validator("id", mode="before")(_as_parts)
+
+
+TimeBucket = Literal["hour", "day", "none"]
+
+
+def _as_inputs(value: Any) -> Any:
+    """Accept one input where a list of inputs is expected."""
+    return [value] if isinstance(value, str) else value
+
+
+class TripsConfig(_Strict):
+    """Trip records: one row per trip with where and when it started and ended.
+
+    Attributes:
+        input: Registry keys, paths or glob patterns of CSV or Parquet files;
+            each file is one raw partition, processed and published on its own.
+        origin: Where trips start.
+        destination: Where trips end.
+        crs: CRS of coordinate endpoints.
+        stations: Station table, needed when an endpoint is a station id.
+        start_time: Start time; trips then get UTC time buckets.
+        trip_id: Column identifying a trip in quarantine rows.
+        flow: Column of a count or weight per row; each row counts 1 when omitted.
+        time_bucket: Length of the UTC time buckets of ``trip_edges``.
+        zero_coordinates: ``reject`` quarantines endpoints at exactly (0, 0)
+            in the source CRS, a common placeholder for a missing fix.
+        batch_rows: Rows cleaned at a time; bounds memory on large files.
+    """
+
+    kind: Literal["trips"] = "trips"
+    name: Name
+    input: list[str] = Field(min_length=1)
+    origin: EndpointConfig
+    destination: EndpointConfig
+    crs: str = "EPSG:4326"
+    stations: StationsConfig | None = None
+    start_time: TimeColumnConfig | None = None
+    trip_id: str | None = None
+    flow: str | None = None
+    time_bucket: TimeBucket = "day"
+    zero_coordinates: Literal["reject", "keep"] = "reject"
+    batch_rows: int = Field(default=1_000_000, ge=1)
+
+    _name = field_validator("name")(_check_name)
+    _input = field_validator("input", mode="before")(_as_inputs)
+    _time = field_validator("start_time", mode="before")(_as_time)
+
+    @model_validator(mode="after")
+    def _stations_given(self) -> TripsConfig:
+        keyed = [self.origin.kind, self.destination.kind].count("station")
+        if keyed and self.stations is None:
+            raise ValueError(f"trips {self.name!r} use station ids but name no `stations` table")
+        return self
+
+
+class StayConfig(_Strict):
+    """Stay-point detection: where a user stays within a radius for a while.
+
+    Attributes:
+        radius_m: Fixes within this distance (metres) of the first fix of a
+            run belong to the same stay.
+        min_duration_s: Least time (seconds) between the first and last fix
+            of a stay; 0 makes every fix (check-in) a stay.
+    """
+
+    radius_m: float = Field(default=200.0, gt=0)
+    min_duration_s: float = Field(default=300.0, ge=0)
+
+
+class PingTimeConfig(TimeColumnConfig):
+    """Ping times; ambiguous local times are inferred from each user's record order."""
+
+    ambiguous: Literal["reject", "earliest", "latest", "infer"] = "infer"
+
+
+class PingsConfig(_Strict):
+    """GPS pings or check-ins, turned into trips between a user's stay points.
+
+    Attributes:
+        input: Registry keys, paths or glob patterns of CSV or Parquet files;
+            each file is one raw partition. Trajectories do not cross partitions.
+        user: Column(s) of the user (device) id.
+        trajectory: Column splitting a user's fixes into trajectories; trips
+            never join two trajectories.
+        time: Fix time.
+        position: Where the fix is (coordinates or an H3 cell).
+        crs: CRS of coordinate positions.
+        stay: Stay-point settings.
+        max_gap_s: A gap between two fixes longer than this (seconds) starts
+            a new trajectory; no limit when omitted.
+        time_bucket: Length of the UTC time buckets of ``trip_edges``.
+    """
+
+    kind: Literal["pings"] = "pings"
+    name: Name
+    input: list[str] = Field(min_length=1)
+    user: list[IdPart]
+    trajectory: str | None = None
+    time: PingTimeConfig
+    position: EndpointConfig
+    crs: str = "EPSG:4326"
+    stay: StayConfig = Field(default_factory=StayConfig)
+    max_gap_s: float | None = Field(default=None, gt=0)
+    time_bucket: TimeBucket = "day"
+
+    _name = field_validator("name")(_check_name)
+    _input = field_validator("input", mode="before")(_as_inputs)
+    _user = field_validator("user", mode="before")(_as_parts)
+    _time = field_validator("time", mode="before")(_as_time)
+
+    @model_validator(mode="after")
+    def _position_kind(self) -> PingsConfig:
+        if self.position.kind == "station":
+            raise ValueError(f"pings {self.name!r}: a position is coordinates or a cell")
+        return self
+
+
+MobilityConfig = Annotated[
+    OdTableConfig | OdMatrixConfig | TripsConfig | PingsConfig, Field(discriminator="kind")
+]
+
+
+# OSM keys whose tagged nodes, ways and multipolygons are read as POIs.
+DEFAULT_OSM_KEYS = (
+    "amenity",
+    "shop",
+    "tourism",
+    "office",
+    "leisure",
+    "craft",
+    "healthcare",
+    "historic",
+)
+# A taxonomy rule is ``key=value``, ``key=value1|value2`` or ``key=*``.
+_TAXONOMY_RULE = re.compile(r"^[^=|]+=(\*|[^=|]+(\|[^=|]+)*)$")
+
+
+class PoiSourceConfig(_Strict):
+    """A layer of places: a CSV table, a vector file or an OpenStreetMap extract.
+
+    Attributes:
+        format: ``csv`` (coordinate columns or a WKT column), ``vector``
+            (GeoJSON, GeoPackage, Shapefile, GeoParquet), ``osm`` (``.osm.pbf``)
+            or ``auto``, which picks one from the file name.
+        lon: Longitude (or x) column of a CSV.
+        lat: Latitude (or y) column of a CSV.
+        geometry: WKT geometry column of a CSV, instead of ``lon`` and ``lat``.
+            Lines and polygons are placed at their representative point.
+        layer: Layer of a multi-layer vector file.
+        category: Column whose values become categories; when omitted every
+            point gets the category ``label``.
+        label: Prefix of this source's categories (``hospital`` gives
+            ``hospital:general_acute_care``); the source name when omitted.
+        text: Column with the place's name, fed to the text encoder. For an
+            OSM extract, the tag holding the name.
+        tags: Columns whose values the region's ``poi_features.taxonomy``
+            matches as ``column=value``; the ``category`` column when omitted.
+            OSM features offer all their tags.
+        osm_keys: OSM tag keys that make a node, way or multipolygon a POI.
+        crs: CRS of the coordinates of a CSV (EPSG:4326 when omitted). For a
+            vector file, the CRS to assume when the file declares none.
     """
 
     name: Name
     input: str
+    format: Literal["auto", "csv", "vector", "osm"] = "auto"
+    lon: str | None = None
+    lat: str | None = None
+    geometry: str | None = None
+    layer: str | None = None
+    category: str | None = None
+    label: str | None = None
+    text: str | None = None
+    tags: list[str] | None = None
+    osm_keys: list[str] = Field(default_factory=lambda: list(DEFAULT_OSM_KEYS), min_length=1)
+    crs: str | None = None
+
+    _name = field_validator("name")(_check_name)
+
+    @property
+    def reader(self) -> Literal["csv", "vector", "osm"]:
+        """The reader this source needs, with ``auto`` resolved from the file name."""
+        if self.format != "auto":
+            return self.format
+        lowered = self.input.lower()
+        if lowered.endswith((".pbf", ".osm")):
+            return "osm"
+        if lowered.endswith((".csv", ".tsv", ".txt", ".csv.gz")):
+            return "csv"
+        return "vector"
+
+    @property
+    def category_label(self) -> str:
+        """Prefix of the categories this source gives without a taxonomy."""
+        return self.label or self.name
+
+    @property
+    def tag_columns(self) -> list[str]:
+        """Columns offered to the taxonomy as ``column=value`` tags."""
+        if self.tags is not None:
+            return list(self.tags)
+        return [self.category] if self.category else []
+
+    @model_validator(mode="after")
+    def _has_coordinates(self) -> PoiSourceConfig:
+        if self.reader != "csv":
+            return self
+        has_pair = self.lon is not None and self.lat is not None
+        if has_pair == (self.geometry is not None):
+            raise ValueError(
+                f"POI source {self.name!r} reads a CSV: give either `lon` and `lat` or a WKT "
+                "`geometry` column, not both and not neither"
+            )
+        return self
+
+
+class PoiFeaturesConfig(_Strict):
+    """How POIs of every source become categories and per-cell features.
+
+    Attributes:
+        taxonomy: The region's category list: for each category, rules a POI's
+            tags must match, as ``key=value``, ``key=value1|value2`` or
+            ``key=*`` (any value). Values match case-insensitively after
+            runs of non-alphanumeric characters become ``_``. The pseudo-tag
+            ``source=<name>`` matches every POI of a source. Categories are
+            tried in order and the first match wins. When empty, each source
+            keeps its own ``<label>:<value>`` categories.
+        other_category: Category of POIs that match no rule of a non-empty taxonomy.
+        text_encoder: ``auto`` encodes POI names and categories with the frozen
+            sentence encoder when the ``text`` extra is installed; ``none``
+            keeps category counts as the POI features.
+        text_batch_size: Sentences per encoder batch.
+    """
+
+    taxonomy: dict[str, list[str]] = Field(default_factory=dict)
+    other_category: Name = "other"
+    text_encoder: Literal["auto", "none"] = "auto"
+    text_batch_size: int = Field(default=256, ge=1)
+
+    @field_validator("taxonomy")
+    @classmethod
+    def _check_taxonomy(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for category, rules in value.items():
+            _check_name(category)
+            if not rules:
+                raise ValueError(f"taxonomy category {category!r} lists no rule")
+            for rule in rules:
+                if not _TAXONOMY_RULE.fullmatch(rule):
+                    raise ValueError(
+                        f"taxonomy rule {rule!r} of category {category!r} is invalid; write "
+                        "`key=value`, `key=value1|value2` or `key=*`"
+                    )
+        return value
+
+
+# ACS annotation codes: values that stand for a footnote, never a number.
+ACS_ANNOTATION_CODES = (
+    -666666666.0,
+    -222222222.0,
+    -555555555.0,
+    -888888888.0,
+    -333333333.0,
+    -999999999.0,
+)
+
+
+class CensusBoundaryConfig(_Strict):
+    """Polygons of a census table's own geography (tracts, grid squares, postal areas).
+
+    Attributes:
+        input: Vector file of the polygons; the census table's own file when
+            omitted (a layer that carries both polygons and values).
+        layer: Layer of a multi-layer file.
+        id: Column(s) forming the polygon id; must match the table's ``zone_id``.
+        crs: CRS to assume when the file declares none.
+        id_maps: Per id column, text replacements applied before the parts are
+            normalised and joined, e.g. NYC borough codes to county FIPS codes
+            (``{BoroCode: {"1": "36061"}}``). A value missing from its map
+            makes the id invalid.
+    """
+
+    input: str | None = None
+    layer: str | None = None
+    id: list[IdPart]
+    crs: str | None = None
+    id_maps: dict[str, dict[str, str]] = Field(default_factory=dict)
+
+    _parts = field_validator("id", mode="before")(_as_parts)
+
+
+class CensusTableConfig(_Strict):
+    """A table of statistics per areal unit, interpolated to cells by areal weighting.
+
+    Attributes:
+        input: CSV table, or a vector file whose attributes are the table.
+        layer: Layer of a multi-layer vector ``input``.
+        zone_id: Column(s) forming the unit's id; must match the region's zone
+            ids, or the ``boundaries`` ids when those are given.
+        boundaries: The table's own polygons. When omitted, the table is keyed
+            by the region's zones.
+        where: Keep rows where each column equals the given value (after
+            trimming), e.g. ``{SUMLEV: "50"}`` for county rows only.
+        extensive: Count variables (people, households). A cell gets the
+            unit's total times its share of the unit's weight, so totals are kept.
+        intensive: Rate, share, median and density variables. A cell gets the
+            area-weighted mean of the units that overlap it.
+        missing_codes: Values that mean "not available" (annotation codes);
+            they become missing, flagged ``annotation_code``, before any
+            arithmetic. The six ACS annotation codes by default.
+        suppressed_codes: Values that mean "suppressed for privacy" (such as
+            99 in Finnish population grids); they become missing, flagged
+            ``suppressed``.
+        suppressed_columns: Variables the suppression codes apply to; all
+            variables when empty.
+        top_codes: Top-coded values (such as the ACS income cap 250001): kept
+            as numbers and flagged ``top_coded``.
+    """
+
+    name: Name
+    input: str
+    layer: str | None = None
     zone_id: list[IdPart]
+    boundaries: CensusBoundaryConfig | None = None
     where: dict[str, str] = Field(default_factory=dict)
     extensive: list[str] = Field(default_factory=list)
     intensive: list[str] = Field(default_factory=list)
-    missing_codes: list[float] = Field(default_factory=list)
+    missing_codes: list[float] = Field(default_factory=lambda: list(ACS_ANNOTATION_CODES))
+    suppressed_codes: list[float] = Field(default_factory=list)
+    suppressed_columns: list[str] = Field(default_factory=list)
+    top_codes: list[float] = Field(default_factory=list)
     weight: WeightConfig = Field(default_factory=WeightConfig)
 
     _name = field_validator("name")(_check_name)
     _zone_id = field_validator("zone_id", mode="before")(_as_parts)
+
+    @property
+    def boundary_input(self) -> str | None:
+        """The file holding the table's polygons, or None when it uses the region's zones."""
+        if self.boundaries is None:
+            return None
+        return self.boundaries.input or self.input
 
     @model_validator(mode="after")
     def _has_variables(self) -> CensusTableConfig:
@@ -188,31 +650,87 @@ class CensusTableConfig(_Strict):
             raise ValueError(
                 f"census table {self.name!r} lists {sorted(overlap)} as both extensive and intensive"
             )
+        unknown = set(self.suppressed_columns) - set(self.extensive) - set(self.intensive)
+        if unknown:
+            raise ValueError(
+                f"census table {self.name!r}: suppressed_columns {sorted(unknown)} are not "
+                "listed as extensive or intensive"
+            )
         return self
 
 
 class RasterConfig(_Strict):
-    """A single-band raster summarised per cell (mean, spread, valid share).
+    """A raster scene (one file or several tiles) summarised per cell.
 
     Attributes:
-        band: 1-based band index.
-        nodata: Nodata value to use when the file declares none.
+        input: The raster file, or the first tile of a scene.
+        tiles: Further tiles of the same scene, in any CRS. Where tiles
+            overlap, the pixels of the earlier tile are kept.
+        band: 1-based band index, when ``bands`` is omitted.
+        bands: 1-based band indices to read (e.g. ``[1, 2, 3, 4]`` for
+            Sentinel-2 red, green, blue and near infrared).
+        band_names: Names of ``bands`` used in column names; ``b<index>`` when omitted.
+        nodata: Nodata value to use when neither the file nor ``metadata`` declares one.
+        metadata: JSON sidecar (STAC-style) that declares nodata per band,
+            as ``nodata``, or ``nodata`` entries of ``raster:bands`` or ``bands``.
         valid_range: Values outside ``[min, max]`` are treated as nodata.
         min_valid_share: Cells whose share of valid pixels is below this are
             flagged ``low_coverage`` (and their statistics left missing).
         modality: Tower whose input these statistics join: ``imagery`` for
             reflectance or index bands, ``census`` for gridded population.
+        chip_size: Side, in samples, of the square image chip taken around
+            each cell for the CNN tower (imagery rasters only).
     """
 
     name: Name
     input: str
+    tiles: list[str] = Field(default_factory=list)
     band: int = Field(default=1, ge=1)
+    bands: list[int] | None = Field(default=None, min_length=1)
+    band_names: list[str] | None = None
     nodata: float | None = None
+    metadata: str | None = None
     valid_range: tuple[float, float] | None = None
     min_valid_share: float = Field(default=0.5, ge=0.0, le=1.0)
     modality: Literal["imagery", "census"] = "imagery"
+    chip_size: int = Field(default=16, ge=2, le=256)
 
     _name = field_validator("name")(_check_name)
+
+    @property
+    def inputs(self) -> list[str]:
+        """Every tile of the scene, ``input`` first."""
+        return [self.input, *self.tiles]
+
+    @property
+    def band_indices(self) -> list[int]:
+        """The 1-based bands read."""
+        return list(self.bands) if self.bands is not None else [self.band]
+
+    @property
+    def band_labels(self) -> list[str]:
+        """Names of the bands read, used in column names."""
+        if self.band_names is not None:
+            return list(self.band_names)
+        return [f"b{index}" for index in self.band_indices]
+
+    @model_validator(mode="after")
+    def _check_bands(self) -> RasterConfig:
+        if self.bands is not None and any(index < 1 for index in self.bands):
+            raise ValueError(f"raster {self.name!r}: band indices start at 1, found {self.bands}")
+        if self.band_names is not None:
+            if len(self.band_names) != len(self.band_indices):
+                raise ValueError(
+                    f"raster {self.name!r} names {len(self.band_names)} band(s) but reads "
+                    f"{len(self.band_indices)}"
+                )
+            for label in self.band_names:
+                _check_name(label)
+        if self.valid_range is not None and self.valid_range[0] > self.valid_range[1]:
+            raise ValueError(
+                f"raster {self.name!r}: valid_range {list(self.valid_range)} has min above max"
+            )
+        return self
 
 
 class ModelSettings(_Strict):
@@ -228,6 +746,11 @@ class ModelSettings(_Strict):
         default_factory=lambda: {"poi": 0.5, "census": 0.7, "imagery": 0.2}
     )
     line_epochs: int = Field(default=5, ge=0)
+    line_batch_size: int = Field(default=4096, ge=1)
+    line_negatives: int = Field(default=5, ge=1)
+    # ``statistics``: per-cell band statistics through a linear tower;
+    # ``chips``: image chips around each cell through the CNN tower.
+    imagery_input: Literal["statistics", "chips"] = "statistics"
 
 
 class TrainingSettings(_Strict):
@@ -335,6 +858,7 @@ class RegionConfig(_Strict):
     zones: ZonesConfig
     mobility: list[MobilityConfig] = Field(min_length=1)
     poi: list[PoiSourceConfig] = Field(default_factory=list)
+    poi_features: PoiFeaturesConfig = Field(default_factory=PoiFeaturesConfig)
     census: list[CensusTableConfig] = Field(default_factory=list)
     imagery: list[RasterConfig] = Field(default_factory=list)
     model: ModelSettings = Field(default_factory=ModelSettings)
@@ -356,7 +880,9 @@ class RegionConfig(_Strict):
                 f"input names must be unique across modalities; repeated: {duplicates}"
             )
         rasters = {raster.name for raster in self.imagery}
-        weighted = [(source.name, source.weight) for source in self.mobility]
+        weighted = [
+            (source.name, source.weight) for source in self.mobility if hasattr(source, "weight")
+        ]
         weighted += [(table.name, table.weight) for table in self.census]
         for owner, weight in weighted:
             if weight.raster is not None and weight.raster not in rasters:

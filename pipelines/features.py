@@ -13,7 +13,8 @@ Publishes:
 - ``features_imagery``: statistics of rasters assigned to the imagery modality.
 
 Feature tables are keyed by ``h3_cell`` and list only cells that have the
-modality. The model standardises the columns itself.
+modality; a cell missing some of a modality's columns gets the column median
+there. The model standardises the columns itself.
 """
 
 from __future__ import annotations
@@ -148,6 +149,14 @@ def _modality(context: StageContext, modality: str, name: str) -> PublishedTable
         frames.append(frame.set_index(H3_CELL))
     features = pd.concat(frames, axis=1, join="outer").sort_index()
     features = features.dropna(how="all")
+    # A cell has the modality if any column has a value; the model needs whole
+    # rows, so a missing column (a raster with low coverage over a cell that
+    # has census values) takes that column's median.
+    partial = features.isna().any(axis=1)
+    if partial.any():
+        logger.info("%s: %d cells miss some columns; filled with column medians", name,
+                    int(partial.sum()))
+        features = features.fillna(features.median())
     features.columns = [str(column) for column in features.columns]
     features = features.reset_index()
     logger.info("%s: %d cells x %d features", name, len(features), features.shape[1] - 1)

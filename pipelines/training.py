@@ -161,6 +161,8 @@ def model_settings(context: StageContext, variant: Variant, features: dict):
         temperatures={name: settings.temperatures[name] for name in features},
         towers=towers,
         line_epochs=settings.line_epochs,
+        line_batch_size=settings.line_batch_size,
+        line_negatives=settings.line_negatives,
     )
     training = context.config.training
     train_config = TrainConfig(
