@@ -1,0 +1,420 @@
+"""Graph operations of the mobility tower: sparsification, normalisation, propagation.
+
+The mobility graph is directed (i → j carries the flow from cell i to cell j).
+:func:`top_k_sparsify` keeps each node's strongest outgoing links. LightGCN
+then needs a symmetric operator, so :func:`normalized_adjacency` makes the
+graph undirected as ``A + Aᵀ``: the weight between i and j is the flow i → j
+plus the flow j → i, and a self-loop i → i counts twice. The operator is
+``Â = D^-1/2 (A + Aᵀ) D^-1/2`` with D the weighted degree of ``A + Aᵀ``; a node
+without edges has a zero row.
+
+All functions work on whole tensors with torch ops; none loops over nodes in
+Python.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+# ceil(share * degree) is computed in float64 minus this tolerance, so that
+# 0.1 * 30 = 3.0000000000000004 keeps 3 links, not 4.
+_CEIL_TOLERANCE = 1e-9
+
+
+def top_k_sparsify(
+    edge_index: torch.Tensor,
+    edge_weight: torch.Tensor,
+    num_nodes: int,
+    share: float = 0.1,
+    min_k: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep each node's strongest outgoing edges.
+
+    Node i keeps ``k_i = min(deg_i, max(min_k, ceil(share * deg_i)))`` of its
+    ``deg_i`` outgoing edges: those with the largest weight, ties broken by the
+    smaller destination index. Edges are ranked within their origin by one
+    lexicographic sort on (origin, -weight, destination).
+
+    Args:
+        edge_index: ``[2, E]`` int64 origin → destination indices, pairs unique.
+        edge_weight: ``[E]`` float weights.
+        num_nodes: Number of nodes N.
+        share: Share of each node's out-degree to keep, in (0, 1].
+        min_k: Minimum number of edges each node keeps (if it has that many).
+
+    Returns:
+        The kept ``[2, E']`` edges and ``[E']`` weights, sorted by origin, then
+        by descending weight.
+    """
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], found {share}")
+    if min_k < 1:
+        raise ValueError(f"min_k must be >= 1, found {min_k}")
+    origin, destination = edge_index[0], edge_index[1]
+
+    # Stable sorts from the least to the most significant key give the
+    # lexicographic order (origin, -weight, destination).
+    order = torch.argsort(destination, stable=True)
+    order = order[torch.argsort(edge_weight[order], descending=True, stable=True)]
+    order = order[torch.argsort(origin[order], stable=True)]
+    sorted_origin = origin[order]
+
+    out_degree = torch.bincount(origin, minlength=num_nodes)
+    group_start = torch.cumsum(out_degree, 0) - out_degree
+    rank = torch.arange(len(order)) - group_start[sorted_origin]
+
+    quota = torch.ceil(out_degree.double() * share - _CEIL_TOLERANCE).long()
+    quota = torch.minimum(quota.clamp(min=min_k), out_degree)
+    kept = order[rank < quota[sorted_origin]]
+    return edge_index[:, kept], edge_weight[kept]
+
+
+@dataclass
+class NormalizedAdjacency:
+    """The symmetric operator ``Â = D^-1/2 (A + Aᵀ) D^-1/2`` in CSR form.
+
+    Attributes:
+        crow_indices: ``[N + 1]`` int64 row pointers.
+        col_indices: ``[nnz]`` int64 column indices, ascending within each row.
+        values: ``[nnz]`` float32 normalised weights.
+        degree: ``[N]`` float32 weighted degree of ``A + Aᵀ``.
+    """
+
+    crow_indices: torch.Tensor
+    col_indices: torch.Tensor
+    values: torch.Tensor
+    degree: torch.Tensor
+
+    @property
+    def num_nodes(self) -> int:
+        """Number of rows N."""
+        return len(self.crow_indices) - 1
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored entries."""
+        return len(self.col_indices)
+
+    def to_sparse_csr(self) -> torch.Tensor:
+        """Return the operator as an ``[N, N]`` torch sparse CSR tensor, sharing memory."""
+        return csr_tensor(self.crow_indices, self.col_indices, self.values, self.num_nodes)
+
+    def row_degree(self) -> torch.Tensor:
+        """Return the ``[N]`` number of stored entries per row."""
+        return self.crow_indices[1:] - self.crow_indices[:-1]
+
+
+def symmetrize(
+    edge_index: torch.Tensor, edge_weight: torch.Tensor, num_nodes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return the entries of ``A + Aᵀ`` sorted by (row, column), one per pair.
+
+    Args:
+        edge_index: ``[2, E]`` int64 origin → destination indices.
+        edge_weight: ``[E]`` positive weights.
+        num_nodes: Number of nodes N.
+
+    Returns:
+        ``[nnz]`` int64 rows, ``[nnz]`` int64 columns and ``[nnz]`` float64
+        weights, where the weight of (i, j) is w(i → j) + w(j → i).
+    """
+    rows = torch.cat([edge_index[0], edge_index[1]])
+    cols = torch.cat([edge_index[1], edge_index[0]])
+    weights = torch.cat([edge_weight, edge_weight]).double()
+
+    keys = rows * num_nodes + cols
+    unique_keys, inverse = torch.unique(keys, sorted=True, return_inverse=True)
+    summed = torch.zeros(len(unique_keys), dtype=torch.float64).index_add_(0, inverse, weights)
+    return unique_keys // num_nodes, unique_keys % num_nodes, summed
+
+
+def normalized_adjacency(
+    edge_index: torch.Tensor, edge_weight: torch.Tensor, num_nodes: int
+) -> NormalizedAdjacency:
+    """Build ``Â = D^-1/2 (A + Aᵀ) D^-1/2`` from directed weighted edges.
+
+    Args:
+        edge_index: ``[2, E]`` int64 origin → destination indices.
+        edge_weight: ``[E]`` positive weights.
+        num_nodes: Number of nodes N.
+
+    Returns:
+        The operator in CSR form; rows of nodes without edges are empty.
+    """
+    rows, cols, summed = symmetrize(edge_index, edge_weight, num_nodes)
+
+    degree = torch.zeros(num_nodes, dtype=torch.float64).index_add_(0, rows, summed)
+    inv_sqrt = torch.where(degree > 0, degree.rsqrt(), torch.zeros_like(degree))
+    values = (inv_sqrt[rows] * summed * inv_sqrt[cols]).float()
+
+    counts = torch.bincount(rows, minlength=num_nodes)
+    crow = torch.zeros(num_nodes + 1, dtype=torch.int64)
+    crow[1:] = torch.cumsum(counts, 0)
+    return NormalizedAdjacency(crow, cols, values, degree.float())
+
+
+class SymmetricSpMM(torch.autograd.Function):
+    """``Y = Â X`` for a symmetric sparse ``Â``, with the backward pass ``∂X = Â ∂Y``.
+
+    Because ``Â`` is symmetric, the backward pass reuses the same CSR matrix
+    instead of building its transpose. With ``chunk_rows`` set, rows are
+    multiplied in blocks of that many rows so the workspace of one sparse
+    product stays bounded.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        adjacency: torch.Tensor,
+        x: torch.Tensor,
+        chunk_rows: int | None,
+    ) -> torch.Tensor:
+        """Multiply ``x`` by the operator, in row blocks when ``chunk_rows`` is set."""
+        ctx.save_for_backward(adjacency)
+        ctx.chunk_rows = chunk_rows  # type: ignore[attr-defined]
+        return _spmm(adjacency, x, chunk_rows)
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor
+    ) -> tuple[None, torch.Tensor, None]:
+        """Multiply the incoming gradient by the same symmetric operator."""
+        (adjacency,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return None, _spmm(adjacency, grad_output, ctx.chunk_rows), None  # type: ignore[attr-defined]
+
+
+def propagate(
+    adjacency: torch.Tensor, x: torch.Tensor, num_layers: int, chunk_rows: int | None = None
+) -> torch.Tensor:
+    """Run LightGCN propagation and return the sum of layers 0..K.
+
+    Each layer is ``H_k = Â H_{k-1}`` with no weights and no non-linearity;
+    the output is ``H_0 + H_1 + ... + H_K``.
+
+    Args:
+        adjacency: ``[N, N]`` symmetric sparse CSR operator ``Â``.
+        x: ``[N, d]`` layer-0 embeddings.
+        num_layers: K, the number of propagation steps.
+        chunk_rows: Rows per sparse product block; None multiplies all at once.
+
+    Returns:
+        ``[N, d]`` propagated embeddings.
+    """
+    hidden = x
+    total = x
+    for _ in range(num_layers):
+        hidden = SymmetricSpMM.apply(adjacency, hidden, chunk_rows)
+        total = total + hidden
+    return total
+
+
+@dataclass
+class Subgraph:
+    """The K-hop neighbourhood of a batch, with one sparse operator per layer.
+
+    Node lists are nested: ``nodes[k]`` starts with ``nodes[k - 1]``, and
+    ``nodes[0]`` is the batch. ``operators[k]`` maps embeddings over
+    ``nodes[k + 1]`` to embeddings over ``nodes[k]``.
+
+    Attributes:
+        nodes: K + 1 int64 tensors of global node indices.
+        operators: K sparse CSR tensors, ``[len(nodes[k]), len(nodes[k + 1])]``.
+    """
+
+    nodes: list[torch.Tensor]
+    operators: list[torch.Tensor]
+
+
+def sample_subgraph(
+    adjacency: NormalizedAdjacency,
+    batch: torch.Tensor,
+    num_layers: int,
+    fanout: int | None,
+    generator: torch.Generator | None = None,
+) -> Subgraph:
+    """Gather the K-hop neighbourhood that LightGCN needs for a batch of nodes.
+
+    With ``fanout=None`` every neighbour is kept and the batch's LightGCN output
+    equals full propagation. Otherwise each node keeps ``fanout`` neighbours
+    drawn uniformly without replacement, and their weights are scaled by
+    ``degree / fanout`` so the layer output is an unbiased estimate. A node
+    keeps the same draw in every layer of one call.
+
+    Args:
+        adjacency: The full-graph operator.
+        batch: ``[B]`` int64 distinct node indices.
+        num_layers: K.
+        fanout: Neighbours kept per node, or None for all.
+        generator: CPU random source of the neighbour draw.
+
+    Returns:
+        The nested node lists and per-layer operators.
+    """
+    num_nodes = adjacency.num_nodes
+    device = batch.device
+    # Maps a global node index to its position in the current node list.
+    position = torch.full((num_nodes,), -1, dtype=torch.int64, device=device)
+    nodes = [batch]
+    position[batch] = torch.arange(len(batch), device=device)
+    edges: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    frontier = batch
+    for _ in range(num_layers):
+        rows, cols, values = _sample_rows(adjacency, frontier, fanout, generator)
+        edges.append((rows, cols, values))
+        current = nodes[-1]
+        new_nodes = torch.unique(cols[position[cols] < 0])
+        position[new_nodes] = torch.arange(
+            len(current), len(current) + len(new_nodes), device=device
+        )
+        nodes.append(torch.cat([current, new_nodes]))
+        frontier = new_nodes
+
+    # Layer k's operator needs the rows of every node in nodes[k]; those rows
+    # were sampled in hops 0..k, each hop covering the nodes new at that hop.
+    operators = []
+    for layer in range(num_layers):
+        rows = torch.cat([edges[hop][0] for hop in range(layer + 1)])
+        cols = torch.cat([edges[hop][1] for hop in range(layer + 1)])
+        values = torch.cat([edges[hop][2] for hop in range(layer + 1)])
+        operators.append(
+            _coo_to_csr(
+                position[rows], position[cols], values, len(nodes[layer]), len(nodes[layer + 1])
+            )
+        )
+    return Subgraph(nodes, operators)
+
+
+def propagate_subgraph(
+    subgraph: Subgraph, table: torch.Tensor | torch.nn.Parameter
+) -> torch.Tensor:
+    """Run LightGCN on a sampled subgraph and return the batch's ``[B, d]`` output.
+
+    Args:
+        subgraph: Output of :func:`sample_subgraph` for K layers.
+        table: ``[N, d]`` layer-0 embeddings of all nodes.
+
+    Returns:
+        ``H_0 + H_1 + ... + H_K`` on the batch rows, ``subgraph.nodes[0]``.
+    """
+    num_layers = len(subgraph.operators)
+    # After k layers, hidden is layer k over nodes[num_layers - k]: deeper layers
+    # need fewer nodes.
+    hidden = table[subgraph.nodes[num_layers]]
+    batch_size = len(subgraph.nodes[0])
+    total = hidden[:batch_size]
+    for layer in range(num_layers):
+        operator = subgraph.operators[num_layers - 1 - layer]
+        hidden = torch.sparse.mm(operator, hidden)
+        total = total + hidden[:batch_size]
+    return total
+
+
+def _sample_rows(
+    adjacency: NormalizedAdjacency,
+    frontier: torch.Tensor,
+    fanout: int | None,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (row, column, value) of the kept entries in the frontier's rows."""
+    starts = adjacency.crow_indices[frontier]
+    counts = adjacency.crow_indices[frontier + 1] - starts
+    device = frontier.device
+    rows = torch.repeat_interleave(frontier, counts)
+    offsets = torch.arange(int(counts.sum()), device=device) - torch.repeat_interleave(
+        torch.cumsum(counts, 0) - counts, counts
+    )
+    entries = torch.repeat_interleave(starts, counts) + offsets
+    cols = adjacency.col_indices[entries]
+    values = adjacency.values[entries]
+    if fanout is None or len(entries) == 0:
+        return rows, cols, values
+
+    # Uniform draw without replacement: rank each row's entries by a random key.
+    keys = torch.rand(len(entries), generator=generator).to(device)
+    group = torch.repeat_interleave(torch.arange(len(frontier), device=device), counts)
+    order = torch.argsort(keys)
+    order = order[torch.argsort(group[order], stable=True)]
+    # Sorting by (row, key) leaves each row's block where it was, so sorted
+    # position p has rank offsets[p] within its row.
+    keep = order[offsets < fanout]
+    kept_counts = counts.clamp(max=fanout)
+    scale = (counts.double() / kept_counts.clamp(min=1).double()).float()
+    row_scale = torch.repeat_interleave(scale, counts)
+    return rows[keep], cols[keep], values[keep] * row_scale[keep]
+
+
+def _coo_to_csr(
+    rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, num_rows: int, num_cols: int
+) -> torch.Tensor:
+    order = torch.argsort(rows * num_cols + cols)
+    counts = torch.bincount(rows, minlength=num_rows)
+    crow = torch.zeros(num_rows + 1, dtype=torch.int64, device=rows.device)
+    crow[1:] = torch.cumsum(counts, 0)
+    return csr_tensor(crow, cols[order], values[order], num_rows, num_cols)
+
+
+def csr_tensor(
+    crow: torch.Tensor,
+    cols: torch.Tensor,
+    values: torch.Tensor,
+    num_rows: int,
+    num_cols: int | None = None,
+) -> torch.Tensor:
+    """Wrap CSR arrays as a torch sparse CSR tensor without copying or checking them."""
+    with warnings.catch_warnings():
+        # torch marks sparse CSR as beta and warns once per process.
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            crow,
+            cols,
+            values,
+            size=(num_rows, num_cols if num_cols is not None else num_rows),
+            check_invariants=False,
+        )
+
+
+def _spmm(adjacency: torch.Tensor, x: torch.Tensor, chunk_rows: int | None) -> torch.Tensor:
+    num_rows = adjacency.shape[0]
+    if chunk_rows is None or chunk_rows >= num_rows:
+        return torch.sparse.mm(adjacency, x)
+    crow = adjacency.crow_indices()
+    cols = adjacency.col_indices()
+    values = adjacency.values()
+    out = torch.empty(num_rows, x.shape[1], dtype=x.dtype, device=x.device)
+    for start in range(0, num_rows, chunk_rows):
+        stop = min(start + chunk_rows, num_rows)
+        first, last = int(crow[start]), int(crow[stop])
+        block = csr_tensor(
+            crow[start : stop + 1] - first,
+            cols[first:last],
+            values[first:last],
+            stop - start,
+            adjacency.shape[1],
+        )
+        out[start:stop] = torch.sparse.mm(block, x)
+    return out
+
+
+def estimate_spmm_bytes(num_nodes: int, nnz: int, dim: int, value_bytes: int = 4) -> int:
+    """Estimate the bytes one ``Â X`` product moves through memory.
+
+    Counts one read of the CSR arrays (int64 row pointers and columns, values),
+    one gathered row of X per stored entry and one write of the output.
+
+    Args:
+        num_nodes: N.
+        nnz: Stored entries of ``Â``.
+        dim: Embedding width d.
+        value_bytes: Bytes per value (4 for float32).
+
+    Returns:
+        Estimated bytes moved.
+    """
+    index_bytes = 8 * (num_nodes + 1) + 8 * nnz
+    gathered = nnz * dim * value_bytes
+    written = num_nodes * dim * value_bytes
+    return index_bytes + nnz * value_bytes + gathered + written
