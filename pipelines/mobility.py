@@ -1,10 +1,21 @@
-"""Mobility ingestion: flows between zones spread to H3 cell-to-cell edges.
+"""Mobility ingestion: every source becomes H3 cell-to-cell edges.
 
-For an origin-destination table between zones, each zone's flow is spread
-over the zone's cells in proportion to a weight: the population a density
-raster puts in each overlap of zone and cell, or the overlap's area when no
-raster is configured (or the raster puts nothing in the zone). The flow from
-zone *i* to zone *j* becomes, for every cell *a* of *i* and *b* of *j*::
+Source kinds (``kind`` in the config):
+
+- ``od_table``: flows between zones, one row per zone pair (CSV).
+- ``od_matrix``: flows between zones as an N x N ``.npy`` matrix whose row
+  and column *i* are zone *i* of an index file.
+- ``trips``: trip records with origin, destination and start time, in raw
+  partitions (see :mod:`pipelines.trip_ingest`).
+- ``pings``: GPS pings or check-ins, turned into trips between stay points
+  (see :mod:`pipelines.pings`).
+
+Zone flows are spread over the zone's cells in proportion to a weight: the
+population a density raster puts in each overlap of zone and cell, the
+points of a point layer in the cell times the share of the cell the overlap
+covers, or the overlap's area when neither is configured (or the weight puts
+nothing in the zone). The flow from zone *i* to zone *j* becomes, for every
+cell *a* of *i* and *b* of *j*::
 
     flow(a → b) += flow(i → j) · share_i(a) · share_j(b)
 
@@ -13,24 +24,36 @@ floating-point rounding).
 
 Publishes, per mobility source (partition ``source=<name>``):
 
-- ``od_flows`` (key ``origin_zone, destination_zone``): the cleaned zone flows.
+- ``od_flows`` (key ``origin_zone, destination_zone``): the cleaned zone
+  flows of ``od_table`` and ``od_matrix`` sources.
 - ``mobility_edges`` (key ``origin_cell, destination_cell``): cell-to-cell flows.
 
 Rows with a missing or malformed zone id, a zone outside the study area, an
-unknown zone, a blank line or an unreadable flow are quarantined.
+unknown zone, a blank line or an unreadable flow are quarantined. In a
+matrix, each non-zero entry counts as one row (row number ``i * N + j + 1``).
+A Dask scheduler address in ``MORA_DASK_SCHEDULER`` runs the partitions of
+trip and ping sources as Dask tasks.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pandas as pd
 
-from pipelines.config import OdTableConfig
+from pipelines.config import (
+    MobilityConfig,
+    OdMatrixConfig,
+    OdTableConfig,
+    PointLayerConfig,
+    RegionConfig,
+    WeightConfig,
+)
 from pipelines.constants import DESTINATION_CELL, DESTINATION_ZONE, FLOW, ORIGIN_CELL, ORIGIN_ZONE
 from pipelines.context import InputCount, StageContext, StageReport
-from pipelines.errors import ValidationError
+from pipelines.errors import InputFormatError, SchemaError, ValidationError
 from pipelines.ids import normalise_ids
 from pipelines.imagery import raster_table
 from pipelines.resources import read_sql
@@ -46,30 +69,46 @@ from pipelines.storage import (
     table_path,
 )
 from pipelines.tabular import ROW_NUMBER, blank_rows, parse_numbers, read_csv_text, require_columns
+from pipelines.tokenize import check_coordinates, points_to_cells
 from pipelines.validate import enforce, validate_frame, validate_parquet
-from pipelines.zones import ZONE_CELLS_TABLE, ZONES_TABLE
+from pipelines.zones import CELLS_TABLE, ZONE_CELLS_TABLE, ZONES_TABLE
 
 logger = logging.getLogger(__name__)
 
 STAGE = "mobility"
 OD_FLOWS_TABLE = "od_flows"
 EDGES_TABLE = "mobility_edges"
+DASK_SCHEDULER_ENV = "MORA_DASK_SCHEDULER"
 
 
-def register_zone_weights(context: StageContext, raster: str | None, view: str) -> None:
+def register_zone_weights(
+    context: StageContext,
+    raster: str | None,
+    view: str,
+    *,
+    points: PointLayerConfig | None = None,
+) -> None:
     """Create a DuckDB view ``view`` of each zone's cell shares (zone_id, h3_cell, weight_share).
 
     Args:
-        context: Stage context; the ``zone_cells`` table must be published.
-        raster: Name of a density raster under ``imagery``, or None for area shares.
+        context: Stage context; the ``zone_cells`` table must be published
+            (and ``cells`` too when ``points`` is given).
+        raster: Name of a density raster under ``imagery``, or None.
         view: Name of the view to create.
+        points: A point layer whose points per km² of each cell are the
+            density; excludes ``raster``. Area shares when both are None.
     """
     connection = context.warehouse
     zone_cells = table_path(context.root, ZONE_CELLS_TABLE)
     connection.execute(
         f"CREATE OR REPLACE TEMP VIEW zone_cells AS SELECT * FROM read_parquet('{zone_cells}')"
     )
-    if raster is None:
+    if points is not None:
+        connection.register("point_density_input", point_density(context, points))
+        connection.execute(
+            "CREATE OR REPLACE TEMP VIEW cell_density AS SELECT * FROM point_density_input"
+        )
+    elif raster is None:
         connection.execute(
             "CREATE OR REPLACE TEMP VIEW cell_density AS "
             "SELECT CAST(NULL AS UBIGINT) AS h3_cell, CAST(NULL AS DOUBLE) AS density WHERE false"
@@ -83,6 +122,51 @@ def register_zone_weights(context: StageContext, raster: str | None, view: str) 
     connection.execute(
         f"CREATE OR REPLACE TEMP VIEW {view} AS {read_sql('features/zone_cell_weights.sql')}"
     )
+
+
+def point_density(context: StageContext, points: PointLayerConfig) -> pd.DataFrame:
+    """Return points per km² of each study-area cell (``h3_cell, density``).
+
+    Points with invalid coordinates or outside the study area are left out
+    and counted in the log.
+    """
+    from pipelines.trips import _transformer
+
+    frame = read_csv_text(context.input_path(points.input), source=points.input)
+    require_columns(frame, [points.x, points.y], source=points.input)
+    x = parse_numbers(frame[points.x]).to_numpy(dtype="float64", na_value=np.nan)
+    y = parse_numbers(frame[points.y]).to_numpy(dtype="float64", na_value=np.nan)
+    transformer = _transformer(points.crs, points.input)
+    if transformer is not None:
+        x, y = transformer.transform(x, y)
+    checked = check_coordinates(x, y)
+    valid = checked.valid
+    cells = points_to_cells(checked.lon[valid], checked.lat[valid], context.config.resolution)
+    study = pd.read_parquet(table_path(context.root, CELLS_TABLE), columns=["h3_cell", "area_km2"])
+    counts = pd.Series(cells).value_counts()
+    density = study.assign(
+        density=counts.reindex(study["h3_cell"].to_numpy()).fillna(0).to_numpy()
+        / study["area_km2"].to_numpy()
+    )[["h3_cell", "density"]]
+    inside = int(counts.reindex(study["h3_cell"].to_numpy()).fillna(0).sum())
+    logger.info(
+        "%s: %d of %d weight points are valid and in the study area",
+        points.input,
+        inside,
+        len(frame),
+    )
+    return density
+
+
+def _weight_upstream(context: StageContext, weight: WeightConfig) -> dict[str, object]:
+    """Return the fingerprint parts of a weight: its raster table or point file."""
+    upstream: dict[str, object] = {}
+    if weight.raster:
+        upstream["raster"] = read_manifest(context.root, raster_table(weight.raster)).get("sha256")
+    if weight.points is not None:
+        upstream["points"] = context.input_hash(weight.points.input)
+        upstream["cells"] = read_manifest(context.root, CELLS_TABLE).get("sha256")
+    return upstream
 
 
 def read_od_table(context: StageContext, source: OdTableConfig, quarantine: Quarantine):
@@ -159,39 +243,192 @@ def _reject_unknown_zones(
     return flows
 
 
+def read_index_ids(context: StageContext, source: OdMatrixConfig) -> pd.Series:
+    """Return the zone id of each matrix row, in matrix order.
+
+    Raises:
+        SchemaError: The index lacks a column, has an invalid or repeated id,
+            or its ``order`` column is not a permutation of 0..N-1.
+    """
+    index = source.index
+    path = context.input_path(index.input)
+    if path.suffix.lower() in (".csv", ".tsv", ".txt"):
+        frame = read_csv_text(path, source=index.input).drop(columns=[ROW_NUMBER])
+    else:
+        import pyogrio
+
+        frame = pyogrio.read_dataframe(
+            path if path.suffix.lower() != ".zip" else f"/vsizip/{path}",
+            layer=index.layer,
+            read_geometry=False,
+        )
+    needed = [part.column for part in index.id] + ([index.order] if index.order else [])
+    require_columns(frame, needed, source=index.input)
+    ids = normalise_ids(frame, index.id, source=index.input)
+    if ids.reasons.notna().any():
+        bad = ids.values[ids.reasons.notna()].tolist()[:5]
+        raise SchemaError(
+            f"{index.input}: the matrix index has invalid zone ids {bad}; every row of an OD "
+            "matrix needs a zone"
+        )
+    if ids.ids.duplicated().any():
+        repeated = sorted(set(ids.ids[ids.ids.duplicated()].tolist()))[:5]
+        raise SchemaError(f"{index.input}: zone ids {repeated} name more than one matrix row")
+    if index.order is None:
+        return ids.ids.reset_index(drop=True)
+    order = pd.to_numeric(frame[index.order], errors="coerce")
+    if not np.array_equal(np.sort(order.to_numpy()), np.arange(len(frame))):
+        raise SchemaError(
+            f"{index.input}: column {index.order!r} must hold each matrix index "
+            f"0..{len(frame) - 1} exactly once"
+        )
+    return pd.Series(ids.ids.to_numpy()[np.argsort(order.to_numpy())])
+
+
+def read_od_matrix(context: StageContext, source: OdMatrixConfig, quarantine: Quarantine):
+    """Read an OD matrix and return (flows, entries read).
+
+    Every non-zero entry is a row: ``row_number`` is ``i * N + j + 1``.
+    Entries that are not finite or are negative are quarantined.
+
+    Raises:
+        InputFormatError: The file is not a square 2-D numeric ``.npy`` array.
+        SchemaError: The matrix size differs from the index length.
+    """
+    path = context.input_path(source.input)
+    try:
+        matrix = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise InputFormatError(
+            f"{source.input}: cannot read {path} as a NumPy array: {error}"
+        ) from error
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.dtype.kind not in "iuf":
+        raise InputFormatError(
+            f"{source.input}: expected a square 2-D numeric matrix, found shape {matrix.shape} "
+            f"and dtype {matrix.dtype}"
+        )
+    zone_ids = read_index_ids(context, source)
+    size = matrix.shape[0]
+    if len(zone_ids) != size:
+        raise SchemaError(
+            f"{source.input}: the matrix has {size} rows but its index {source.index.input} "
+            f"lists {len(zone_ids)} zones"
+        )
+    values = matrix.astype("float64")
+    if source.diagonal == "drop":
+        np.fill_diagonal(values, 0.0)
+    rows, columns = np.nonzero(values != 0)
+    flows_read = values[rows, columns]
+    ids = zone_ids.to_numpy(dtype=object)
+    frame = pd.DataFrame(
+        {
+            ROW_NUMBER: rows.astype("int64") * size + columns + 1,
+            ORIGIN_ZONE: pd.array(ids[rows], dtype="string"),
+            DESTINATION_ZONE: pd.array(ids[columns], dtype="string"),
+            FLOW: flows_read,
+        }
+    )
+    invalid = ~np.isfinite(flows_read) | (flows_read < 0)
+    quarantine.add(
+        source.name,
+        row_numbers=frame.loc[invalid, ROW_NUMBER],
+        keys=(frame[ORIGIN_ZONE] + "->" + frame[DESTINATION_ZONE])[invalid],
+        rules=np.where(np.isfinite(flows_read[invalid]), "negative_flow", "invalid_flow"),
+        values=[
+            f"[{i}, {j}]={value}"
+            for i, j, value in zip(
+                rows[invalid], columns[invalid], flows_read[invalid], strict=True
+            )
+        ],
+    )
+    return frame[~invalid].reset_index(drop=True), len(frame)
+
+
+def source_inputs(config: RegionConfig, source: MobilityConfig) -> list[str]:
+    """Return every input file a mobility source reads, globs expanded (for data versions)."""
+    if source.kind in ("trips", "pings"):
+        from pipelines.partitions import discover_partitions
+
+        partitions = discover_partitions(config, source.input, source=source.name)
+        references = [partition.reference for partition in partitions]
+        stations = getattr(source, "stations", None)
+        if stations is not None:
+            references.append(stations.input)
+        return references
+    references = [source.input]
+    if isinstance(source, OdMatrixConfig):
+        references.append(source.index.input)
+    if source.weight.points is not None:
+        references.append(source.weight.points.input)
+    return references
+
+
 def run(context: StageContext) -> StageReport:
     """Ingest every mobility source of the region into cell-to-cell edges."""
+    from pipelines import trip_ingest
+
     report = StageReport(STAGE)
-    zones_manifest = read_manifest(context.root, ZONE_CELLS_TABLE)
-    for source in context.config.mobility:
-        partition = {"source": source.name}
-        upstream = {"zone_cells": zones_manifest.get("sha256")}
-        if source.weight.raster:
-            upstream["raster"] = read_manifest(
-                context.root, raster_table(source.weight.raster)
-            ).get("sha256")
-        fingerprint = context.fingerprint(
-            inputs=[source.input], extra={"source": source.model_dump(mode="json"), **upstream}
-        )
-        outputs = [
-            (OD_FLOWS_TABLE, partition),
-            (EDGES_TABLE, partition),
-            (QUARANTINE_TABLE, {"stage": STAGE, "source": source.name}),
-        ]
-        if not context.force and all(
-            is_current(context.root, name, fingerprint, part) for name, part in outputs
-        ):
-            report.tables += [reuse_table(context.root, name, part) for name, part in outputs]
-            continue
-        report.tables += _ingest_od_table(context, source, partition, fingerprint, report)
+    client = _dask_client()
+    try:
+        for source in context.config.mobility:
+            if source.kind in ("trips", "pings"):
+                report.tables += trip_ingest.ingest(context, source, report, client=client)
+            else:
+                report.tables += _ingest_zone_source(context, source, report)
+    finally:
+        if client is not None:
+            client.close()
     return report
 
 
-def _ingest_od_table(context, source: OdTableConfig, partition, fingerprint, report):
-    quarantine = Quarantine(STAGE)
-    quarantine.start(source.name)
-    flows, rows_read = read_od_table(context, source, quarantine)
+def _dask_client():
+    """Connect to the Dask scheduler named in ``MORA_DASK_SCHEDULER``, if any."""
+    address = os.environ.get(DASK_SCHEDULER_ENV)
+    if not address:
+        return None
+    from dask.distributed import Client
 
+    logger.info("running trip partitions on the Dask scheduler at %s", address)
+    return Client(address)
+
+
+def _ingest_zone_source(context: StageContext, source, report: StageReport):
+    """Publish the zone flows and cell edges of an ``od_table`` or ``od_matrix`` source."""
+    zones_manifest = read_manifest(context.root, ZONE_CELLS_TABLE)
+    partition = {"source": source.name}
+    upstream = {
+        "zone_cells": zones_manifest.get("sha256"),
+        **_weight_upstream(context, source.weight),
+    }
+    inputs = [source.input]
+    if isinstance(source, OdMatrixConfig):
+        inputs.append(source.index.input)
+    fingerprint = context.fingerprint(
+        inputs=inputs, extra={"source": source.model_dump(mode="json"), **upstream}
+    )
+    outputs = [
+        (OD_FLOWS_TABLE, partition),
+        (EDGES_TABLE, partition),
+        (QUARANTINE_TABLE, {"stage": STAGE, "source": source.name}),
+    ]
+    if not context.force and all(
+        is_current(context.root, name, fingerprint, part) for name, part in outputs
+    ):
+        return [reuse_table(context.root, name, part) for name, part in outputs]
+    quarantine = Quarantine(STAGE)
+    quarantine.start(source.name, source.input)
+    if isinstance(source, OdMatrixConfig):
+        flows, rows_read = read_od_matrix(context, source, quarantine)
+    else:
+        flows, rows_read = read_od_table(context, source, quarantine)
+    return _ingest_zone_flows(
+        context, source, flows, rows_read, quarantine, partition, fingerprint, report
+    )
+
+
+def _ingest_zone_flows(
+    context, source, flows, rows_read, quarantine, partition, fingerprint, report
+):
     zones = pd.read_parquet(table_path(context.root, ZONES_TABLE), columns=["zone_id"])
     zone_quarantine = read_quarantine(context.root)
     excluded = set(
@@ -236,7 +473,9 @@ def _ingest_od_table(context, source: OdTableConfig, partition, fingerprint, rep
     connection = context.warehouse
     connection.register("od_flows_input", od_table[[ORIGIN_ZONE, DESTINATION_ZONE, FLOW]])
     connection.execute("CREATE OR REPLACE TEMP VIEW od_flows AS SELECT * FROM od_flows_input")
-    register_zone_weights(context, source.weight.raster, "zone_weights")
+    register_zone_weights(
+        context, source.weight.raster, "zone_weights", points=source.weight.points
+    )
     logger.info("%s: spreading %d zone flows over cells", source.name, len(od_table))
 
     kept_flow = float(od_table[FLOW].sum())

@@ -100,7 +100,9 @@ def input_hashes(context: StageContext) -> dict[str, str]:
     """Return the sha256 of every input file the config names."""
     config = context.config
     references = [config.zones.input]
-    references += [source.input for source in config.mobility]
+    from pipelines.mobility import source_inputs
+
+    references += [ref for source in config.mobility for ref in source_inputs(config, source)]
     references += [source.input for source in config.poi]
     references += [table.input for table in config.census]
     references += [raster.input for raster in config.imagery]

@@ -157,7 +157,7 @@ def cell_polygons(cells: np.ndarray, reference_lon: float = 0.0) -> np.ndarray:
         shift = np.round((reference_lon - coordinates[:, 0]) / 360.0) * 360.0
         if np.any(shift != 0):
             coordinates[:, 0] += shift
-            polygons = shapely.polygons(coordinates, indices=ring_index)
+            polygons = shapely.polygons(shapely.linearrings(coordinates, indices=ring_index))
     return np.asarray(polygons)
 
 

@@ -1,0 +1,339 @@
+"""Publishing partitioned trip and ping sources: one partition per raw file.
+
+For a source named ``<name>`` with raw partitions ``<label>`` (see
+:mod:`pipelines.partitions`), the mobility stage publishes:
+
+- ``trip_edges/source=<name>/part=<label>`` (key ``origin_cell,
+  destination_cell, time_bucket``): flows of that raw partition per UTC time
+  bucket, with ``trips``, the number of records summed.
+- ``quarantine/stage=mobility/source=<name>.<label>``: its rejected rows.
+- ``mobility_edges/source=<name>`` (key ``origin_cell, destination_cell``):
+  the flows of all partitions summed, which the features stage reads.
+
+Each partition has its own fingerprint (its file's hash, the source's
+settings, the study area, the code), so re-running after one day's file
+changed rebuilds that day only, then the roll-up. Partitions whose file is
+gone are removed. With a Dask client the partitions are processed as Dask
+tasks; the result files are byte-identical to a single-process run.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+import pyarrow as pa
+
+from pipelines.config import PingsConfig, TripsConfig
+from pipelines.constants import DESTINATION_CELL, ORIGIN_CELL
+from pipelines.context import InputCount, StageContext, StageReport
+from pipelines.errors import ValidationError
+from pipelines.partitions import (
+    PARTITION_KEY,
+    InputPartition,
+    discover_partitions,
+    read_schema,
+    unify_schemas,
+)
+from pipelines.resources import read_sql
+from pipelines.storage import (
+    QUARANTINE_TABLE,
+    TABLES_DIR,
+    PublishedTable,
+    Quarantine,
+    is_current,
+    publish_query,
+    publish_table,
+    read_manifest,
+    reuse_table,
+    table_dir,
+    table_path,
+)
+from pipelines.trips import (
+    EDGE_SORT,
+    PartitionResult,
+    StationTable,
+    StudyArea,
+    TripCleaner,
+    load_stations,
+    process_partition,
+    process_partitions_dask,
+)
+from pipelines.validate import enforce, validate_frame, validate_parquet
+from pipelines.zones import CELLS_TABLE
+
+logger = logging.getLogger(__name__)
+
+STAGE = "mobility"
+TRIP_EDGES_TABLE = "trip_edges"
+EDGES_TABLE = "mobility_edges"
+PartitionedSource = TripsConfig | PingsConfig
+
+
+def quarantine_source(name: str, label: str) -> str:
+    """Return the quarantine source key of one raw partition (``<name>.<label>``)."""
+    return f"{name}.{label}"
+
+
+def _trip_work(
+    partition: InputPartition,
+    *,
+    source: TripsConfig,
+    resolution: int,
+    study_cells,
+    stations: StationTable | None,
+    schema: pa.Schema,
+) -> PartitionResult:
+    cleaner = TripCleaner(
+        source, resolution=resolution, study_area=StudyArea(study_cells), stations=stations
+    )
+    return process_partition(partition, cleaner, schema)
+
+
+def _ping_work(
+    partition: InputPartition,
+    *,
+    source: PingsConfig,
+    resolution: int,
+    study_cells,
+    schema: pa.Schema,
+) -> PartitionResult:
+    from pipelines.pings import process_ping_partition
+
+    return process_ping_partition(
+        partition, source, resolution=resolution, study_area=StudyArea(study_cells), schema=schema
+    )
+
+
+def ingest(
+    context: StageContext, source: PartitionedSource, report: StageReport, *, client=None
+) -> list[PublishedTable]:
+    """Publish every raw partition of a trip or ping source, then the roll-up.
+
+    Args:
+        context: Stage context; the ``cells`` table must be published.
+        source: A ``trips`` or ``pings`` source.
+        report: Receives row counts per partition and metrics.
+        client: A ``dask.distributed.Client``; partitions run locally when None.
+    """
+    config = context.config
+    partitions = discover_partitions(config, source.input, source=source.name)
+    cells_manifest = read_manifest(context.root, CELLS_TABLE)
+    cells = pd.read_parquet(table_path(context.root, CELLS_TABLE), columns=["h3_cell"])
+    study_cells = StudyArea.of(cells["h3_cell"].to_numpy()).cells
+
+    schemas = {partition.label: read_schema(partition) for partition in partitions}
+    schema, drifts = unify_schemas(schemas, source=source.name)
+    report.metrics[f"{source.name}_schema_drifts"] = len(drifts)
+
+    extra_inputs: list[str] = []
+    work: Callable[[InputPartition], PartitionResult]
+    if isinstance(source, TripsConfig):
+        stations = None
+        if source.stations is not None:
+            extra_inputs.append(source.stations.input)
+            stations = load_stations(
+                source.stations,
+                context.input_path(source.stations.input),
+                resolution=config.resolution,
+                source=source.name,
+            )
+        work = functools.partial(
+            _trip_work,
+            source=source,
+            resolution=config.resolution,
+            study_cells=study_cells,
+            stations=stations,
+            schema=schema,
+        )
+    else:
+        work = functools.partial(
+            _ping_work,
+            source=source,
+            resolution=config.resolution,
+            study_cells=study_cells,
+            schema=schema,
+        )
+
+    settings = {
+        "source": source.model_dump(mode="json", exclude={"input"}),
+        "cells": cells_manifest.get("sha256"),
+    }
+    published: list[PublishedTable] = []
+    pending: list[tuple[InputPartition, str]] = []
+    for partition in partitions:
+        fingerprint = context.fingerprint(
+            inputs=[partition.reference, *extra_inputs],
+            extra={**settings, PARTITION_KEY: partition.label},
+        )
+        outputs = _partition_outputs(source.name, partition.label)
+        if not context.force and all(
+            is_current(context.root, name, fingerprint, part) for name, part in outputs
+        ):
+            published += [reuse_table(context.root, name, part) for name, part in outputs]
+        else:
+            pending.append((partition, fingerprint))
+
+    if pending:
+        todo = [partition for partition, _ in pending]
+        logger.info(
+            "%s: processing %d of %d partitions%s",
+            source.name,
+            len(todo),
+            len(partitions),
+            " on Dask" if client is not None else "",
+        )
+        results = (
+            process_partitions_dask(client, todo, work)
+            if client is not None
+            else [work(partition) for partition in todo]
+        )
+        for result, (partition, fingerprint) in zip(results, pending, strict=True):
+            published += _publish_partition(
+                context, source.name, result, fingerprint, report, partition.reference
+            )
+
+    _remove_stale(context, source.name, [partition.label for partition in partitions])
+    published.append(_roll_up(context, source.name, [p.label for p in partitions], report))
+    report.metrics[f"{source.name}_partitions"] = len(partitions)
+    return published
+
+
+def _partition_outputs(name: str, label: str) -> list[tuple[str, dict[str, str]]]:
+    return [
+        (TRIP_EDGES_TABLE, {"source": name, PARTITION_KEY: label}),
+        (QUARANTINE_TABLE, {"stage": STAGE, "source": quarantine_source(name, label)}),
+    ]
+
+
+def _publish_partition(
+    context: StageContext,
+    name: str,
+    result: PartitionResult,
+    fingerprint: str,
+    report: StageReport,
+    source_file: str,
+) -> list[PublishedTable]:
+    table_name = f"{TRIP_EDGES_TABLE}[{name}/{result.label}]"
+    edges = result.edges.to_pandas()
+    if len(edges):
+        validation = validate_frame(edges, TRIP_EDGES_TABLE, batch_key=ORIGIN_CELL)
+        if validation.rejected_rows:
+            raise ValidationError(
+                f"{table_name}: {len(validation.rejected_rows)} edges broke row-level rules of "
+                f"suite {TRIP_EDGES_TABLE!r} after cleaning; this is a bug in mora"
+            )
+        enforce(validation, table_name)
+    published = [
+        publish_table(
+            context.root,
+            TRIP_EDGES_TABLE,
+            result.edges,
+            sort_by=EDGE_SORT,
+            fingerprint=fingerprint,
+            partition={"source": name, PARTITION_KEY: result.label},
+            resolution=context.config.resolution,
+        )
+    ]
+    quarantine = Quarantine(STAGE)
+    key = quarantine_source(name, result.label)
+    quarantine.start(key, source_file)
+    rejected = result.rejected
+    if len(rejected):
+        quarantine.add(
+            key,
+            row_numbers=rejected["row_number"],
+            keys=rejected["key"],
+            rules=rejected["rule"],
+            values=rejected["value"],
+        )
+    published += quarantine.publish(context.root, fingerprint)
+    report.inputs.append(
+        InputCount(key, result.rows_read, result.rows_published, quarantine.count(key))
+    )
+    report.check_counts()
+    return published
+
+
+def _remove_stale(context: StageContext, name: str, labels: Sequence[str]) -> None:
+    """Delete partitions (and their quarantine) whose raw file is no longer an input."""
+    current = set(labels)
+    edges_root = table_dir(context.root, TRIP_EDGES_TABLE, {"source": name})
+    if edges_root.is_dir():
+        for directory in sorted(edges_root.glob(f"{PARTITION_KEY}=*")):
+            label = directory.name.split("=", 1)[1]
+            if label not in current:
+                logger.warning("%s: removing partition %s, whose input is gone", name, label)
+                shutil.rmtree(directory)
+    quarantine_root = table_dir(context.root, QUARANTINE_TABLE, {"stage": STAGE})
+    if quarantine_root.is_dir():
+        for directory in sorted(quarantine_root.glob(f"source={name}.*")):
+            label = directory.name.split("=", 1)[1][len(name) + 1 :]
+            if label not in current:
+                shutil.rmtree(directory)
+
+
+def _roll_up(
+    context: StageContext, name: str, labels: Sequence[str], report: StageReport
+) -> PublishedTable:
+    """Sum every partition of a source into ``mobility_edges/source=<name>``."""
+    files = [
+        table_path(context.root, TRIP_EDGES_TABLE, {"source": name, PARTITION_KEY: label})
+        for label in labels
+    ]
+    shas = [
+        read_manifest(context.root, TRIP_EDGES_TABLE, {"source": name, PARTITION_KEY: label}).get(
+            "sha256"
+        )
+        for label in labels
+    ]
+    partition = {"source": name}
+    fingerprint = context.fingerprint(extra={"partitions": dict(zip(labels, shas, strict=True))})
+    if not context.force and is_current(context.root, EDGES_TABLE, fingerprint, partition):
+        return reuse_table(context.root, EDGES_TABLE, partition)
+
+    connection = context.warehouse
+    listed = ", ".join(f"'{path}'" for path in files)
+    connection.execute(
+        f"CREATE OR REPLACE TEMP VIEW trip_edges AS SELECT * FROM read_parquet([{listed}])"
+    )
+    partition_flow = connection.execute(
+        "SELECT coalesce(fsum(flow), 0) FROM trip_edges"
+    ).fetchall()[0][0]
+
+    def check(staged):
+        enforce(
+            validate_parquet(staged, EDGES_TABLE, batch_key=ORIGIN_CELL),
+            f"{EDGES_TABLE}[{name}]",
+        )
+        edge_flow = connection.execute(
+            f"SELECT coalesce(fsum(flow), 0) FROM read_parquet('{staged}')"
+        ).fetchall()[0][0]
+        if abs(edge_flow - partition_flow) > 1e-9 * max(partition_flow, 1.0):
+            raise ValidationError(
+                f"{EDGES_TABLE}[{name}]: the roll-up carries a flow of {edge_flow:.6g}, but its "
+                f"partitions carry {partition_flow:.6g}"
+            )
+
+    published = publish_query(
+        context.root,
+        EDGES_TABLE,
+        connection,
+        read_sql("features/mobility_edges_from_trips.sql"),
+        sort_by=[ORIGIN_CELL, DESTINATION_CELL],
+        fingerprint=fingerprint,
+        partition=partition,
+        resolution=context.config.resolution,
+        check=check,
+    )
+    report.metrics.update({f"{name}_edges": published.rows, f"{name}_total_flow": partition_flow})
+    return published
+
+
+def edge_files(region_root, name: str) -> list:
+    """Return the published ``trip_edges`` partition files of a source."""
+    root = region_root / TABLES_DIR / TRIP_EDGES_TABLE / f"source={name}"
+    return sorted(root.glob(f"{PARTITION_KEY}=*/data.parquet"))

@@ -1,0 +1,634 @@
+"""Trip records to H3 cell-to-cell edges, one raw partition at a time.
+
+A trip row names where it started and ended (coordinates in any CRS, a
+station id, or an H3 cell) and, optionally, when it started. Each row is
+checked before it reaches H3:
+
+- Coordinates: missing values, exactly (0, 0) placeholders, values the CRS
+  cannot transform, latitudes outside [-90, 90] and longitudes outside
+  [-180, 360] are rejected; 0..360 longitudes are shifted; a batch whose
+  latitudes mostly look like longitudes stops the run (swapped mapping).
+- Station ids are normalised (``94`` and ``094`` are one station) and looked
+  up in the station table; unknown stations are rejected.
+- H3 cells must be valid and at least as fine as the region's resolution;
+  finer cells are replaced by their parent.
+- Both endpoints must fall in the study area's cells.
+- Start times become UTC instants (see :mod:`pipelines.timeutil`).
+
+A rejected row goes to the quarantine with the first rule it broke, as
+``<endpoint>: <rule>`` values. Clean rows are aggregated in DuckDB, batch by
+batch, into ``(origin_cell, destination_cell, time_bucket)`` sums of flow.
+:func:`process_partition` is the unit of work of both the single-process run
+and the Dask run (:func:`process_partitions_dask`), so both give the same tables.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import h3ronpy
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pyproj import CRS, Transformer
+
+from pipelines.config import EndpointConfig, IdPart, StationsConfig, TripsConfig
+from pipelines.constants import DESTINATION_CELL, FLOW, ORIGIN_CELL, TIME_BUCKET, WGS84
+from pipelines.errors import CRSError, SchemaError
+from pipelines.ids import normalise_ids
+from pipelines.partitions import InputPartition, read_batches
+from pipelines.resources import read_sql
+from pipelines.tabular import ROW_NUMBER, parse_numbers, read_csv_text, require_columns
+from pipelines.timeutil import floor_to_bucket, parse_times
+from pipelines.tokenize import (
+    OUTSIDE_STUDY_AREA,
+    check_coordinates,
+    points_to_cells,
+    refuse_swapped_axes,
+)
+from pipelines.warehouse import connect
+
+logger = logging.getLogger(__name__)
+
+TRIPS = "trips"
+# Rejection reasons added here; coordinate and id reasons come from tokenize and ids.
+ZERO_COORDINATE = "zero_coordinate"
+INVALID_PROJECTED_COORDINATE = "invalid_projected_coordinate"
+UNKNOWN_STATION = "unknown_station"
+INVALID_CELL = "invalid_cell"
+CELL_COARSER_THAN_RESOLUTION = "cell_coarser_than_resolution"
+INVALID_FLOW = "invalid_flow"
+NEGATIVE_FLOW = "negative_flow"
+
+CLEAN_SCHEMA = pa.schema(
+    [
+        (ORIGIN_CELL, pa.uint64()),
+        (DESTINATION_CELL, pa.uint64()),
+        (TIME_BUCKET, pa.timestamp("us", tz="UTC")),
+        (FLOW, pa.float64()),
+    ]
+)
+REJECT_COLUMNS = (ROW_NUMBER, "key", "rule", "value")
+
+
+@dataclass(frozen=True)
+class StudyArea:
+    """The cells of the region, for the outside-study-area rule.
+
+    Attributes:
+        cells: Sorted ``uint64`` cells, or None to accept every cell.
+    """
+
+    cells: np.ndarray | None
+
+    @classmethod
+    def of(cls, cells: Iterable[int] | None) -> StudyArea:
+        """Build from any iterable of cells (None accepts every cell)."""
+        if cells is None:
+            return cls(None)
+        return cls(
+            np.unique(
+                np.asarray(
+                    list(cells) if not isinstance(cells, np.ndarray) else cells, dtype="uint64"
+                )
+            )
+        )
+
+    def contains(self, cells: np.ndarray) -> np.ndarray:
+        """Return a mask of the cells that belong to the study area."""
+        if self.cells is None:
+            return np.ones(len(cells), dtype=bool)
+        if not len(self.cells):
+            return np.zeros(len(cells), dtype=bool)
+        positions = np.searchsorted(self.cells, cells)
+        positions = np.minimum(positions, len(self.cells) - 1)
+        return self.cells[positions] == cells
+
+
+@dataclass(frozen=True)
+class Located:
+    """Cells of one endpoint of a batch of rows.
+
+    Attributes:
+        cells: ``uint64`` cell per row (0 where rejected).
+        reasons: Rejection reason per row, or None.
+        values: The offending value per rejected row, for the quarantine.
+        lon: Longitude per row (NaN where unknown), for stay-point work.
+        lat: Latitude per row.
+    """
+
+    cells: np.ndarray
+    reasons: np.ndarray
+    values: np.ndarray
+    lon: np.ndarray
+    lat: np.ndarray
+
+
+def _to_float(values: pd.Series) -> np.ndarray:
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        return values.to_numpy(dtype="float64", na_value=np.nan)
+    return parse_numbers(values).to_numpy(dtype="float64", na_value=np.nan)
+
+
+def _transformer(crs: str, source: str) -> Transformer | None:
+    """Return a transformer to lon/lat degrees, or None when ``crs`` already is WGS 84."""
+    try:
+        parsed = CRS.from_user_input(crs)
+    except Exception as error:  # pyproj raises its own CRSError subclasses
+        raise CRSError(f"{source}: CRS {crs!r} is not a valid CRS: {error}") from error
+    if parsed.equals(CRS.from_user_input(WGS84)):
+        return None
+    return Transformer.from_crs(parsed, WGS84, always_xy=True)
+
+
+@dataclass(frozen=True)
+class StationTable:
+    """Station id to H3 cell (and coordinates) at the region's resolution.
+
+    Attributes:
+        cells: Cell per normalised station id; stations whose coordinates
+            were rejected are absent and listed in ``rejected``.
+        lon: Longitude per station id.
+        lat: Latitude per station id.
+        rejected: Rejection reason per station id that has no cell.
+    """
+
+    cells: pd.Series
+    lon: pd.Series
+    lat: pd.Series
+    rejected: dict[str, str] = field(default_factory=dict)
+
+
+def load_stations(config: StationsConfig, path, *, resolution: int, source: str) -> StationTable:
+    """Read a station table and index its stations to H3 cells.
+
+    Raises:
+        SchemaError: A configured column is missing, or station ids repeat
+            with different coordinates.
+    """
+    frame = read_csv_text(path, source=config.input)
+    require_columns(
+        frame, [part.column for part in config.id] + [config.x, config.y], source=config.input
+    )
+    ids = normalise_ids(frame, config.id, source=config.input)
+    x = _to_float(frame[config.x])
+    y = _to_float(frame[config.y])
+    transformer = _transformer(config.crs, config.input)
+    if transformer is not None:
+        x, y = transformer.transform(x, y)
+    checked = check_coordinates(x, y)
+    rejected: dict[str, str] = {}
+    for station, reason in zip(ids.ids, checked.reasons, strict=True):
+        if reason is not None and not pd.isna(station):
+            rejected[str(station)] = str(reason)
+    keep = ids.reasons.isna().to_numpy() & checked.valid
+    stations = pd.DataFrame(
+        {
+            "id": ids.ids[keep].astype(str).to_numpy(),
+            "lon": checked.lon[keep],
+            "lat": checked.lat[keep],
+        }
+    )
+    conflicting = stations.groupby("id")[["lon", "lat"]].nunique().max(axis=1) > 1
+    if conflicting.any():
+        raise SchemaError(
+            f"{config.input}: station ids {sorted(conflicting[conflicting].index)[:5]} appear "
+            "with different coordinates; a station id must name one place"
+        )
+    stations = stations.drop_duplicates("id").set_index("id")
+    cells = points_to_cells(stations["lon"].to_numpy(), stations["lat"].to_numpy(), resolution)
+    if rejected:
+        logger.warning(
+            "%s: %d station(s) of %s have invalid coordinates; their trips are rejected",
+            source,
+            len(rejected),
+            config.input,
+        )
+    return StationTable(
+        cells=pd.Series(cells, index=stations.index, dtype="uint64"),
+        lon=stations["lon"],
+        lat=stations["lat"],
+        rejected=rejected,
+    )
+
+
+class EndpointLocator:
+    """Turns the columns of one endpoint into H3 cells with rejection reasons."""
+
+    def __init__(
+        self,
+        endpoint: EndpointConfig,
+        *,
+        label: str,
+        crs: str,
+        resolution: int,
+        source: str,
+        stations: StationTable | None = None,
+        reject_zero: bool = True,
+    ) -> None:
+        self.endpoint = endpoint
+        self.label = label
+        self.resolution = resolution
+        self.source = source
+        self.stations = stations
+        self.reject_zero = reject_zero
+        self.transformer = _transformer(crs, source) if endpoint.kind == "coordinates" else None
+        self.projected = self.transformer is not None
+        if endpoint.kind == "station" and stations is None:
+            raise SchemaError(f"{source}: {label} uses station ids but no station table is loaded")
+
+    def locate(self, frame: pd.DataFrame) -> Located:
+        """Locate every row of ``frame``; see :class:`Located`."""
+        if self.endpoint.kind == "station":
+            return self._stations(frame)
+        if self.endpoint.kind == "cell":
+            return self._cells(frame)
+        return self._coordinates(frame)
+
+    def _coordinates(self, frame: pd.DataFrame) -> Located:
+        x_column, y_column = str(self.endpoint.x), str(self.endpoint.y)
+        x = _to_float(frame[x_column])
+        y = _to_float(frame[y_column])
+        count = len(x)
+        reasons = np.full(count, None, dtype=object)
+        if self.reject_zero:
+            reasons[(x == 0) & (y == 0)] = ZERO_COORDINATE
+        if self.transformer is not None:
+            lon, lat = self.transformer.transform(x, y)
+            lon = np.asarray(lon, dtype="float64")
+            lat = np.asarray(lat, dtype="float64")
+            lost = np.isfinite(x) & np.isfinite(y) & ~(np.isfinite(lon) & np.isfinite(lat))
+            reasons[lost & pd.isna(reasons)] = INVALID_PROJECTED_COORDINATE
+        else:
+            lon, lat = x, y
+            refuse_swapped_axes(lon, lat, source=self.source, lat_column=y_column)
+        checked = check_coordinates(lon, lat)
+        fresh = pd.isna(reasons) & ~checked.valid
+        reasons[fresh] = checked.reasons[fresh]
+        valid = pd.isna(reasons)
+        cells = np.zeros(count, dtype="uint64")
+        if valid.any():
+            cells[valid] = points_to_cells(checked.lon[valid], checked.lat[valid], self.resolution)
+        values = np.full(count, None, dtype=object)
+        rejected = np.flatnonzero(~valid)
+        if len(rejected):
+            raw_x = frame[x_column].to_numpy()[rejected]
+            raw_y = frame[y_column].to_numpy()[rejected]
+            values[rejected] = [
+                f"{self.label} {x_column}={a} {y_column}={b}"
+                for a, b in zip(raw_x, raw_y, strict=True)
+            ]
+        return Located(cells, reasons, values, checked.lon, checked.lat)
+
+    def _stations(self, frame: pd.DataFrame) -> Located:
+        assert self.stations is not None and self.endpoint.station is not None
+        parts: list[IdPart] = self.endpoint.station
+        ids = normalise_ids(frame, parts, source=self.source)
+        count = len(frame)
+        reasons = ids.reasons.to_numpy(dtype=object, na_value=None)
+        values = np.full(count, None, dtype=object)
+        text_ids = ids.ids.to_numpy(dtype=object, na_value=None)
+        known = self.stations.cells.index
+        present = pd.isna(reasons)
+        lookup = pd.Index(known).get_indexer(np.where(present, text_ids, ""))
+        unknown = present & (lookup < 0)
+        for position in np.flatnonzero(unknown):
+            reasons[position] = self.stations.rejected.get(str(text_ids[position]), UNKNOWN_STATION)
+        cells = np.zeros(count, dtype="uint64")
+        lon = np.full(count, np.nan)
+        lat = np.full(count, np.nan)
+        found = present & (lookup >= 0)
+        cells[found] = self.stations.cells.to_numpy()[lookup[found]]
+        lon[found] = self.stations.lon.to_numpy()[lookup[found]]
+        lat[found] = self.stations.lat.to_numpy()[lookup[found]]
+        rejected = np.flatnonzero(~pd.isna(reasons))
+        raw = ids.values.to_numpy(dtype=object, na_value=None)
+        for position in rejected:
+            shown = raw[position] if raw[position] is not None else f"station={text_ids[position]}"
+            values[position] = f"{self.label} {shown}"
+        return Located(cells, reasons, values, lon, lat)
+
+    def _cells(self, frame: pd.DataFrame) -> Located:
+        column = str(self.endpoint.cell)
+        raw = frame[column]
+        count = len(raw)
+        if pd.api.types.is_integer_dtype(raw.dtype):
+            numbers = pa.array(raw.to_numpy(dtype="uint64", na_value=0), pa.uint64())
+            parsed = pa.array(h3ronpy.cells_valid(numbers))
+        else:
+            text = pa.array(
+                raw.astype("string").str.strip().to_numpy(dtype=object, na_value=None), pa.string()
+            )
+            parsed = pa.array(h3ronpy.cells_parse(text, set_failing_to_invalid=True))
+        valid = np.asarray(parsed.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        cells = np.array(parsed.fill_null(0).to_numpy(zero_copy_only=False), dtype="uint64")
+        reasons = np.full(count, None, dtype=object)
+        reasons[~valid] = INVALID_CELL
+        resolutions = np.full(count, -1, dtype="int64")
+        if valid.any():
+            found = pa.array(h3ronpy.cells_resolution(pa.array(cells[valid], pa.uint64())))
+            resolutions[valid] = np.asarray(found.to_numpy(zero_copy_only=False), dtype="int64")
+        coarse = valid & (resolutions < self.resolution)
+        reasons[coarse] = CELL_COARSER_THAN_RESOLUTION
+        fine = valid & (resolutions > self.resolution)
+        if fine.any():
+            parents = h3ronpy.change_resolution(pa.array(cells[fine], pa.uint64()), self.resolution)
+            cells[fine] = np.asarray(
+                pa.array(parents).to_numpy(zero_copy_only=False), dtype="uint64"
+            )
+        cells[~pd.isna(reasons)] = 0
+        values = np.full(count, None, dtype=object)
+        rejected = np.flatnonzero(~pd.isna(reasons))
+        if len(rejected):
+            values[rejected] = [
+                f"{self.label} {column}={value}" for value in raw.to_numpy()[rejected]
+            ]
+        lon = np.full(count, np.nan)
+        lat = np.full(count, np.nan)
+        if (~coarse & valid).any():
+            from pipelines.tokenize import cell_centroids
+
+            keep = valid & ~coarse
+            lon[keep], lat[keep] = cell_centroids(cells[keep])
+        return Located(cells, reasons, values, lon, lat)
+
+
+@dataclass
+class CleanBatch:
+    """Result of :meth:`TripCleaner.clean` on one batch.
+
+    Attributes:
+        trips: Clean rows with :data:`CLEAN_SCHEMA`.
+        rejected: One row per rejected input row (``row_number, key, rule, value``).
+        rows: Rows in the batch.
+    """
+
+    trips: pa.Table
+    rejected: pd.DataFrame
+    rows: int
+
+
+def _first_reason(*candidates: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Combine per-check reasons and values, keeping the first failure of each row."""
+    reasons, values = candidates[0]
+    reasons = reasons.copy()
+    values = values.copy()
+    for more_reasons, more_values in candidates[1:]:
+        fill = pd.isna(reasons) & ~pd.isna(more_reasons)
+        reasons[fill] = more_reasons[fill]
+        values[fill] = more_values[fill]
+    return reasons, values
+
+
+class TripCleaner:
+    """Checks trip rows and turns them into clean ``(cells, time bucket, flow)`` rows.
+
+    Args:
+        source: The trips config.
+        resolution: H3 resolution of the region.
+        study_area: Cells of the region.
+        stations: Station table, when an endpoint is a station id.
+    """
+
+    def __init__(
+        self,
+        source: TripsConfig,
+        *,
+        resolution: int,
+        study_area: StudyArea,
+        stations: StationTable | None = None,
+    ) -> None:
+        self.source = source
+        self.study_area = study_area
+        reject_zero = source.zero_coordinates == "reject"
+        self.origin = EndpointLocator(
+            source.origin,
+            label="origin",
+            crs=source.crs,
+            resolution=resolution,
+            source=source.name,
+            stations=stations,
+            reject_zero=reject_zero,
+        )
+        self.destination = EndpointLocator(
+            source.destination,
+            label="destination",
+            crs=source.crs,
+            resolution=resolution,
+            source=source.name,
+            stations=stations,
+            reject_zero=reject_zero,
+        )
+
+    @property
+    def columns(self) -> list[str]:
+        """Source columns the cleaner reads."""
+        columns = self.source.origin.columns + self.source.destination.columns
+        if self.source.start_time is not None:
+            columns.append(self.source.start_time.column)
+        for optional in (self.source.trip_id, self.source.flow):
+            if optional is not None:
+                columns.append(optional)
+        return list(dict.fromkeys(columns))
+
+    def clean(self, batch: pa.Table) -> CleanBatch:
+        """Check one batch (with a ``row_number`` column) and return its clean rows."""
+        frame = batch.to_pandas(types_mapper=_string_mapper)
+        count = len(frame)
+        origin = self.origin.locate(frame)
+        destination = self.destination.locate(frame)
+        checks = [(origin.reasons, origin.values), (destination.reasons, destination.values)]
+
+        outside = np.full(count, None, dtype=object)
+        outside_values = np.full(count, None, dtype=object)
+        for located, label in ((origin, "origin"), (destination, "destination")):
+            placed = pd.isna(located.reasons)
+            out = placed & ~self.study_area.contains(located.cells) & pd.isna(outside)
+            outside[out] = OUTSIDE_STUDY_AREA
+            outside_values[out] = [f"{label} cell={cell:x}" for cell in located.cells[out]]
+        checks.append((outside, outside_values))
+
+        buckets = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]")
+        time_config = self.source.start_time
+        if time_config is not None:
+            parsed = parse_times(
+                frame[time_config.column],
+                time_zone=time_config.time_zone,
+                time_format=time_config.format,
+                ambiguous=time_config.ambiguous,
+                nonexistent=time_config.nonexistent,
+            )
+            time_reasons = parsed.reasons.to_numpy(dtype=object, na_value=None)
+            time_values = np.where(
+                pd.isna(time_reasons),
+                None,
+                time_config.column + "=" + frame[time_config.column].astype("string").fillna(""),
+            ).astype(object)
+            checks.append((time_reasons, time_values))
+            if self.source.time_bucket != "none":
+                buckets = floor_to_bucket(parsed.utc, self.source.time_bucket)
+
+        flow = np.ones(count, dtype="float64")
+        if self.source.flow is not None:
+            flow = _to_float(frame[self.source.flow])
+            flow_reasons = np.full(count, None, dtype=object)
+            flow_reasons[~np.isfinite(flow)] = INVALID_FLOW
+            flow_reasons[np.isfinite(flow) & (flow < 0)] = NEGATIVE_FLOW
+            flow_values = np.where(
+                pd.isna(flow_reasons),
+                None,
+                self.source.flow + "=" + frame[self.source.flow].astype("string").fillna(""),
+            ).astype(object)
+            checks.append((flow_reasons, flow_values))
+
+        reasons, values = _first_reason(*checks)
+        valid = pd.isna(reasons)
+        trips = pa.Table.from_arrays(
+            [
+                pa.array(origin.cells[valid], pa.uint64()),
+                pa.array(destination.cells[valid], pa.uint64()),
+                pa.array(
+                    buckets.dt.tz_convert(None).to_numpy()[valid],
+                    CLEAN_SCHEMA.field(TIME_BUCKET).type,
+                ),
+                pa.array(flow[valid], pa.float64()),
+            ],
+            schema=CLEAN_SCHEMA,
+        )
+        rejected_rows = np.flatnonzero(~valid)
+        keys = (
+            frame[self.source.trip_id].astype("string").to_numpy(dtype=object, na_value=None)
+            if self.source.trip_id is not None
+            else np.full(count, None, dtype=object)
+        )
+        rejected = pd.DataFrame(
+            {
+                ROW_NUMBER: frame[ROW_NUMBER].to_numpy()[rejected_rows],
+                "key": keys[rejected_rows],
+                "rule": reasons[rejected_rows],
+                "value": values[rejected_rows],
+            }
+        )
+        return CleanBatch(trips, rejected, count)
+
+
+def _string_mapper(type_: pa.DataType):
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        return pd.StringDtype()
+    return None
+
+
+@dataclass
+class PartitionResult:
+    """What one raw partition gave.
+
+    Attributes:
+        label: Partition label.
+        edges: ``origin_cell, destination_cell, time_bucket, flow, trips``,
+            sorted by the first three; ``trips`` counts the records summed.
+        rejected: Rejected rows (``row_number, key, rule, value``).
+        rows_read: Rows in the file.
+        rows_published: Rows that reached ``edges``.
+    """
+
+    label: str
+    edges: pa.Table
+    rejected: pd.DataFrame
+    rows_read: int
+    rows_published: int
+
+
+EDGE_SORT = [ORIGIN_CELL, DESTINATION_CELL, TIME_BUCKET]
+
+
+def aggregate_batches(batches: Iterator[CleanBatch], *, label: str) -> PartitionResult:
+    """Sum clean batches into edges in an in-memory DuckDB database.
+
+    Each batch is pre-aggregated as it arrives, so memory holds distinct
+    edges rather than trips; DuckDB spills to disk past its memory limit
+    (``MORA_DUCKDB_MEMORY_LIMIT``).
+    """
+    connection = connect(None)
+    try:
+        connection.execute(read_sql("staging/trip_edges_partial.sql"))
+        rejected: list[pd.DataFrame] = []
+        rows_read = 0
+        rows_published = 0
+        for batch in batches:
+            rows_read += batch.rows
+            rows_published += batch.trips.num_rows
+            if len(batch.rejected):
+                rejected.append(batch.rejected)
+            if batch.trips.num_rows:
+                connection.register("trip_batch", batch.trips)
+                connection.execute(
+                    "INSERT INTO partial_trip_edges "
+                    "SELECT origin_cell, destination_cell, time_bucket, fsum(flow), count(*) "
+                    "FROM trip_batch GROUP BY ALL"
+                )
+                connection.unregister("trip_batch")
+        edges = connection.sql(read_sql("staging/trip_edges.sql")).to_arrow_table()
+    finally:
+        connection.close()
+    edges = edges.sort_by([(column, "ascending") for column in EDGE_SORT])
+    frame = (
+        pd.concat(rejected, ignore_index=True)
+        if rejected
+        else pd.DataFrame({column: [] for column in REJECT_COLUMNS})
+    )
+    return PartitionResult(label, edges, frame, rows_read, rows_published)
+
+
+def process_partition(
+    partition: InputPartition,
+    cleaner: TripCleaner,
+    schema: pa.Schema,
+) -> PartitionResult:
+    """Read, check and aggregate one raw partition of trip records."""
+    batches = (
+        cleaner.clean(batch)
+        for batch in read_batches(
+            partition, schema, cleaner.columns, batch_rows=cleaner.source.batch_rows
+        )
+    )
+    result = aggregate_batches(batches, label=partition.label)
+    logger.info(
+        "%s[%s]: %d rows read, %d published, %d rejected, %d edges",
+        cleaner.source.name,
+        partition.label,
+        result.rows_read,
+        result.rows_published,
+        len(result.rejected),
+        result.edges.num_rows,
+    )
+    return result
+
+
+PartitionWork = Callable[[InputPartition], PartitionResult]
+
+
+def process_partitions_dask(
+    client, partitions: Sequence[InputPartition], work: PartitionWork
+) -> list[PartitionResult]:
+    """Run ``work`` on every partition on a Dask cluster and gather the results in order.
+
+    Args:
+        client: A ``dask.distributed.Client``.
+        partitions: Raw partitions; each becomes one task.
+        work: Picklable callable processing one partition (a
+            :func:`functools.partial` of :func:`process_partition`).
+    """
+    futures = client.map(work, list(partitions), key=[f"trips-{p.label}" for p in partitions])
+    return client.gather(futures)
+
+
+def combine_edges(results: Sequence[PartitionResult], *, by_time: bool = False) -> pd.DataFrame:
+    """Sum the edges of several partitions (a plain pandas reference for tests and benchmarks)."""
+    frames = [result.edges.to_pandas() for result in results if result.edges.num_rows]
+    if not frames:
+        return pd.DataFrame({ORIGIN_CELL: [], DESTINATION_CELL: [], FLOW: []})
+    keys = EDGE_SORT if by_time else [ORIGIN_CELL, DESTINATION_CELL]
+    combined = pd.concat(frames, ignore_index=True)
+    return combined.groupby(keys, as_index=False, sort=True, dropna=False)[FLOW].sum()
