@@ -47,6 +47,7 @@ from pipelines.trips import (
     PartitionResult,
     StudyArea,
     aggregate_batches,
+    rejected_values,
 )
 
 logger = logging.getLogger(__name__)
@@ -106,11 +107,7 @@ def clean_pings(frame: pd.DataFrame, source: PingsConfig, *, resolution: int) ->
         order_groups=users.ids,
     )
     time_reasons = parsed.reasons.to_numpy(dtype=object, na_value=None)
-    time_values = np.where(
-        pd.isna(time_reasons),
-        None,
-        time_config.column + "=" + frame[time_config.column].astype("string").fillna(""),
-    ).astype(object)
+    time_values = rejected_values(frame[time_config.column], time_reasons)
 
     locator = EndpointLocator(
         source.position, label="position", crs=source.crs, resolution=resolution, source=source.name

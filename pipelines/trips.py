@@ -370,6 +370,20 @@ class CleanBatch:
     rows: int
 
 
+def rejected_values(column: pd.Series, reasons: np.ndarray) -> np.ndarray:
+    """Return ``<column>=<value>`` where a reason is set, None elsewhere.
+
+    Only rejected rows are formatted: formatting a million timestamps costs
+    more than checking them.
+    """
+    values = np.full(len(column), None, dtype=object)
+    rejected = np.flatnonzero(~pd.isna(reasons))
+    if len(rejected):
+        shown = column.iloc[rejected].astype("string").fillna("<missing>")
+        values[rejected] = (f"{column.name}=" + shown).to_numpy(dtype=object)
+    return values
+
+
 def _first_reason(*candidates: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Combine per-check reasons and values, keeping the first failure of each row."""
     reasons, values = candidates[0]
@@ -461,11 +475,7 @@ class TripCleaner:
                 nonexistent=time_config.nonexistent,
             )
             time_reasons = parsed.reasons.to_numpy(dtype=object, na_value=None)
-            time_values = np.where(
-                pd.isna(time_reasons),
-                None,
-                time_config.column + "=" + frame[time_config.column].astype("string").fillna(""),
-            ).astype(object)
+            time_values = rejected_values(frame[time_config.column], time_reasons)
             checks.append((time_reasons, time_values))
             if self.source.time_bucket != "none":
                 buckets = floor_to_bucket(parsed.utc, self.source.time_bucket)
@@ -476,11 +486,7 @@ class TripCleaner:
             flow_reasons = np.full(count, None, dtype=object)
             flow_reasons[~np.isfinite(flow)] = INVALID_FLOW
             flow_reasons[np.isfinite(flow) & (flow < 0)] = NEGATIVE_FLOW
-            flow_values = np.where(
-                pd.isna(flow_reasons),
-                None,
-                self.source.flow + "=" + frame[self.source.flow].astype("string").fillna(""),
-            ).astype(object)
+            flow_values = rejected_values(frame[self.source.flow], flow_reasons)
             checks.append((flow_reasons, flow_values))
 
         reasons, values = _first_reason(*checks)
