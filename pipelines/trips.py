@@ -71,6 +71,9 @@ CLEAN_SCHEMA = pa.schema(
     ]
 )
 REJECT_COLUMNS = (ROW_NUMBER, "key", "rule", "value")
+# Slack around a CRS's declared area of use; state-plane zones are often
+# used a little past their edges.
+_AREA_OF_USE_MARGIN_DEGREES = 1.0
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,33 @@ def _transformer(crs: str, source: str) -> Transformer | None:
     if parsed.equals(CRS.from_user_input(WGS84)):
         return None
     return Transformer.from_crs(parsed, WGS84, always_xy=True)
+
+
+def _area_of_use(crs: str) -> tuple[float, float, float, float] | None:
+    """Return the lon/lat bounds where a CRS is valid, if the CRS declares them."""
+    area = CRS.from_user_input(crs).area_of_use
+    if area is None:
+        return None
+    return area.west, area.south, area.east, area.north
+
+
+def _within(bounds, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """Return a mask of points inside ``bounds`` (west, south, east, north), with a margin.
+
+    A projected coordinate far outside its CRS's area of use has usually
+    been written in another CRS; projections do not reject such values but
+    map them somewhere wrong (Web Mercator sends 1e40 metres to the pole).
+    """
+    if bounds is None:
+        return np.ones(len(lon), dtype=bool)
+    west, south, east, north = bounds
+    margin = _AREA_OF_USE_MARGIN_DEGREES
+    inside_lat = (lat >= south - margin) & (lat <= north + margin)
+    if west <= east:
+        inside_lon = (lon >= west - margin) & (lon <= east + margin)
+    else:  # the area crosses the antimeridian
+        inside_lon = (lon >= west - margin) | (lon <= east + margin)
+    return inside_lat & inside_lon
 
 
 @dataclass(frozen=True)
@@ -235,7 +265,7 @@ class EndpointLocator:
         self.stations = stations
         self.reject_zero = reject_zero
         self.transformer = _transformer(crs, source) if endpoint.kind == "coordinates" else None
-        self.projected = self.transformer is not None
+        self.bounds = _area_of_use(crs) if self.transformer is not None else None
         if endpoint.kind == "station" and stations is None:
             raise SchemaError(f"{source}: {label} uses station ids but no station table is loaded")
 
@@ -260,7 +290,10 @@ class EndpointLocator:
             lon = np.asarray(lon, dtype="float64")
             lat = np.asarray(lat, dtype="float64")
             lost = np.isfinite(x) & np.isfinite(y) & ~(np.isfinite(lon) & np.isfinite(lat))
-            reasons[lost & pd.isna(reasons)] = INVALID_PROJECTED_COORDINATE
+            lost |= ~_within(self.bounds, lon, lat)
+            reasons[lost & np.isfinite(x) & np.isfinite(y) & pd.isna(reasons)] = (
+                INVALID_PROJECTED_COORDINATE
+            )
         else:
             lon, lat = x, y
             refuse_swapped_axes(lon, lat, source=self.source, lat_column=y_column)
@@ -305,8 +338,9 @@ class EndpointLocator:
         lat[found] = self.stations.lat.to_numpy()[lookup[found]]
         rejected = np.flatnonzero(~pd.isna(reasons))
         raw = ids.values.to_numpy(dtype=object, na_value=None)
+        names = "+".join(part.column for part in parts)
         for position in rejected:
-            shown = raw[position] if raw[position] is not None else f"station={text_ids[position]}"
+            shown = raw[position] if raw[position] is not None else f"{names}={text_ids[position]}"
             values[position] = f"{self.label} {shown}"
         return Located(cells, reasons, values, lon, lat)
 
