@@ -3,7 +3,14 @@ from __future__ import annotations
 import torch
 
 from mora_models.graph import symmetrize, top_k_sparsify
-from mora_models.line import NEGATIVE_POWER, EdgeSampler, LineModel, line_objective, train_line
+from mora_models.line import (
+    NEGATIVE_POWER,
+    EdgeSampler,
+    LineModel,
+    RowAdam,
+    line_objective,
+    train_line,
+)
 
 
 def test_line_improves_its_objective(manhattan_graph):
@@ -59,3 +66,49 @@ def test_sampler_never_draws_nodes_without_degree():
     negatives = sampler.negatives((10_000,), torch.Generator().manual_seed(0))
 
     assert set(negatives.tolist()) <= {0, 1}
+
+
+def test_closed_form_gradients_match_autograd():
+    model = LineModel(6, 4, torch.Generator().manual_seed(0))
+    torch.nn.init.normal_(model.context.weight, generator=torch.Generator().manual_seed(1))
+    sources = torch.tensor([0, 1, 1, 5])
+    contexts = torch.tensor([2, 3, 0, 1])
+    negatives = torch.tensor([[4, 2], [5, 5], [1, 3], [0, 2]])
+
+    grads = model.gradients(sources, contexts, negatives)
+    loss = model.loss(sources, contexts, negatives)
+    loss.backward()
+
+    vertex_grad = torch.zeros(6, 4).index_add_(0, grads.vertex_rows, grads.vertex_grad)
+    context_grad = torch.zeros(6, 4).index_add_(0, grads.context_rows, grads.context_grad)
+    assert abs(grads.loss - float(loss.detach())) < 1e-6
+    assert torch.allclose(vertex_grad, model.vertex.weight.grad, atol=1e-6)
+    assert torch.allclose(context_grad, model.context.weight.grad, atol=1e-6)
+
+
+def test_row_adam_equals_adam_when_every_row_is_touched():
+    generator = torch.Generator().manual_seed(2)
+    table = torch.randn(3, 2, generator=generator)
+    reference = table.clone().requires_grad_(True)
+    row_adam = RowAdam(table, lr=0.1)
+    adam = torch.optim.Adam([reference], lr=0.1)
+
+    for _ in range(5):
+        rows = torch.tensor([2, 0, 1, 0])
+        grad = torch.randn(4, 2, generator=generator)
+        row_adam.step(rows, grad)
+        adam.zero_grad()
+        reference.grad = torch.zeros(3, 2).index_add_(0, rows, grad)
+        adam.step()
+
+    assert torch.allclose(table, reference.detach(), atol=1e-6)
+
+
+def test_row_adam_leaves_untouched_rows_alone():
+    table = torch.ones(4, 2)
+    optimizer = RowAdam(table, lr=0.1)
+
+    optimizer.step(torch.tensor([1]), torch.ones(1, 2))
+
+    assert torch.equal(table[[0, 2, 3]], torch.ones(3, 2))
+    assert not torch.equal(table[1], torch.ones(2))
