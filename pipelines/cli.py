@@ -5,6 +5,8 @@ Examples::
     mora run configs/us_counties.yaml             # every stage, then the benchmark table
     mora ingest configs/us_counties.yaml           # zones, rasters, mobility, POIs, census
     mora train configs/us_counties.yaml --resume   # continue from the last checkpoint
+    mora benchmark configs/us_counties.yaml --ablations   # every baseline and ablation
+    mora scaling configs/us_scaling.yaml           # coverage and data-size scaling curves
     mora data seed ../shared/data                  # fill the data cache without network
 """
 
@@ -74,12 +76,20 @@ class _EpochProgress:
             bar.close()
 
 
-def _run(args: argparse.Namespace, stages: Sequence[str]) -> int:
+def _run(args: argparse.Namespace, stages: Sequence[str], config=None) -> int:
     from pipelines.runner import RunOptions, run_pipeline
 
-    config = _load(args)
+    config = config if config is not None else _load(args)
     progress = _EpochProgress(config.training.max_epochs)
     variants = tuple(args.variant) if getattr(args, "variant", None) else None
+    if getattr(args, "ablations", False):
+        variants = tuple(config.benchmark.variants)
+    options = RunOptions(
+        force=args.force,
+        resume=getattr(args, "resume", False),
+        variants=variants,
+        on_epoch=progress,
+    )
     options = RunOptions(
         force=args.force,
         resume=getattr(args, "resume", False),
@@ -154,6 +164,71 @@ def _quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmark_options(command: argparse.ArgumentParser, *, ablation_flag: bool = True) -> None:
+    if ablation_flag:
+        command.add_argument(
+            "--ablations",
+            action="store_true",
+            help="also train and score every baseline and ablation (runs the stages they need)",
+        )
+    labels = command.add_argument_group(
+        "extra task", "score one more task from any label table (added to the config's tasks)"
+    )
+    labels.add_argument("--labels", type=Path, help="label table: CSV or vector file")
+    labels.add_argument("--target", help="column of the label to predict")
+    labels.add_argument("--task-name", help="task name in the results (default: the target)")
+    labels.add_argument("--id", dest="label_id", help="id column joined to the region's zone ids")
+    labels.add_argument("--lon", help="longitude column: each row is a point task unit")
+    labels.add_argument("--lat", help="latitude column")
+    labels.add_argument("--h3", help="column of H3 cells: each cell is a unit")
+    labels.add_argument(
+        "--geometry", action="store_true", help="units are the polygons of the label file"
+    )
+    labels.add_argument("--crs", help="CRS of the coordinates or polygons when the file has none")
+    labels.add_argument("--transform", choices=["none", "log1p"], default="none")
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from pipelines.benchmarking import label_task, with_ablations, with_tasks
+    from pipelines.errors import ConfigError
+    from pipelines.runner import STAGES
+
+    config = _load(args)
+    if args.labels is not None:
+        if not args.target:
+            raise ConfigError("--labels needs --target COLUMN, the label to predict")
+        task = label_task(
+            args.labels,
+            args.target,
+            name=args.task_name,
+            id_column=args.label_id,
+            lon=args.lon,
+            lat=args.lat,
+            h3=args.h3,
+            geometry=args.geometry,
+            crs=args.crs,
+            transform=args.transform,
+        )
+        config = with_tasks(config, [task])
+    args.ablations = args.command == "ablations" or getattr(args, "ablations", False)
+    if args.ablations:
+        return _run(args, STAGES, with_ablations(config))
+    return _run(args, ("benchmark",), config)
+
+
+def _scaling(args: argparse.Namespace) -> int:
+    from pipelines.scaling import run_scaling
+
+    config = _load(args)
+    curves = ("coverage", "flows") if args.curve == "both" else (args.curve,)
+    result = run_scaling(
+        config, curves=curves, max_epochs=args.max_epochs, force=args.force, run_name=args.run_name
+    )
+    print(result.table_path.read_text(encoding="utf-8"))
+    print(f"scaling outputs in {result.out_dir}; MLflow run {result.run_id}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``mora`` command."""
     parser = argparse.ArgumentParser(
@@ -192,7 +267,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--variant", action="append", help="variant to train (repeatable): mora, h3_adjacency, ..."
     )
-    stage_command("benchmark", "score embeddings and baselines on the benchmark tasks")
+    benchmark = stage_command("benchmark", "score embeddings and baselines on the benchmark tasks")
+    _benchmark_options(benchmark)
+    ablations = stage_command(
+        "ablations", "train every baseline and ablation, then benchmark them (benchmark --ablations)"
+    )
+    _benchmark_options(ablations, ablation_flag=False)
+    scaling = stage_command(
+        "scaling", "pre-train on growing coverage and flow shares; fit power laws of R²"
+    )
+    scaling.add_argument(
+        "--curve",
+        choices=["coverage", "flows", "both"],
+        default="both",
+        help="which scaling curve to run (default: both)",
+    )
+    scaling.add_argument("--max-epochs", type=int, help="training epochs per point of the curves")
+
 
     quarantine = commands.add_parser("quarantine", help="summarise rejected rows of a region")
     quarantine.add_argument("config", type=Path, help="region config YAML")
@@ -220,6 +311,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _quarantine(args)
         from pipelines.runner import INGEST_STAGES, STAGES
 
+        if args.command in ("benchmark", "ablations"):
+            return _benchmark(args)
+        if args.command == "scaling":
+            return _scaling(args)
         if args.command == "run":
             return _run(args, STAGES)
         if args.command == "ingest":

@@ -766,39 +766,120 @@ class TrainingSettings(_Strict):
     device: str = "auto"
 
 
+TaskUnit = Literal["zone", "point", "cell", "polygon"]
+
+
 class TaskConfig(_Strict):
-    """A downstream regression task on zone labels.
+    """A downstream regression task: a label table and the units it is scored on.
+
+    The unit follows from the columns given: ``id`` alone labels the region's
+    zones; ``lon`` and ``lat`` label points, each embedded by the cell that
+    contains it; ``geometry`` or ``boundaries`` label polygons, each embedded
+    by the area-weighted mean of the cells it overlaps. ``unit: cell`` labels
+    H3 cells, from an ``h3`` column or from points averaged per cell.
 
     Attributes:
         name: Task name used in result tables.
         label: Column of ``input``, or of the built-in label table when
-            ``input`` is omitted (see
-            :func:`mora_models.benchmark.us_labels.load_county_labels`).
-        input: Label file (CSV) with an id column; built-in labels when omitted.
+            ``input`` is omitted.
+        input: Label file (CSV, vector file or GeoParquet); the built-in
+            labels of ``builtin`` when omitted.
+        builtin: Built-in label set read when ``input`` is omitted:
+            ``us_county`` (see
+            :func:`mora_models.benchmark.us_labels.load_county_labels`) or
+            ``manhattan_180`` (crime and check-in counts of the 180 Manhattan
+            regions, whose zone id is the region's row number).
         id: Id column(s) of ``input``, normalised like zone ids.
+        layer: Layer of a multi-layer vector ``input``.
+        lon: Longitude (or x) column of point labels.
+        lat: Latitude (or y) column of point labels.
+        h3: Column of H3 cells (hexadecimal text or integers) of cell labels.
+        crs: CRS of the coordinates or polygons when the file declares none.
+        geometry: Read polygons from ``input`` itself (a vector file).
+        boundaries: Polygons from another file, joined to the labels on ``id``.
+        unit: Set to ``cell`` to average point labels per H3 cell; otherwise
+            inferred from the columns given.
+        where: Keep rows where each column equals the given value (after trimming).
         transform: ``log1p`` for counts and skewed targets.
         scale: Spatial unit of the task, reported beside the results.
+        block_prefix_length: Units whose ids share this prefix form one block
+            of the spatially blocked split (5 = county for tract GEOIDs).
+        block_resolution: Units whose cells share the H3 parent at this
+            resolution form one block; used when ``block_prefix_length`` is
+            unset, for every unit but zones (which use the zones' groups).
+            The region's resolution minus 1 when omitted.
         derived_from: Inputs the label is computed from, as ``<input>`` or
-            ``<input>:<column>``. A run refuses a task whose label comes from
-            data the model also sees.
+            ``<input>:<column>``; the label file and column are always added.
+            A run rejects a task whose label comes from data the model also sees.
     """
 
     name: Name
     label: str
     input: str | None = None
+    builtin: Literal["us_county", "manhattan_180"] = "us_county"
     id: list[IdPart] | None = None
+    layer: str | None = None
+    lon: str | None = None
+    lat: str | None = None
+    h3: str | None = None
+    crs: str | None = None
+    geometry: bool = False
+    boundaries: CensusBoundaryConfig | None = None
+    unit: TaskUnit | None = None
+    where: dict[str, str] = Field(default_factory=dict)
     transform: Literal["none", "log1p"] = "none"
     scale: Literal["point", "grid", "tract", "region", "county", "city"] = "county"
+    block_prefix_length: int | None = Field(default=None, ge=1)
+    block_resolution: int | None = Field(default=None, ge=MIN_RESOLUTION, le=MAX_RESOLUTION)
     derived_from: list[str] = Field(default_factory=list)
 
     _name = field_validator("name")(_check_name)
     _id = field_validator("id", mode="before")(_optional_parts)
 
+    @property
+    def unit_kind(self) -> TaskUnit:
+        """The units the task is scored on: zone, point, cell or polygon."""
+        if self.unit is not None:
+            return self.unit
+        if self.lon is not None:
+            return "point"
+        if self.h3 is not None:
+            return "cell"
+        if self.geometry or self.boundaries is not None:
+            return "polygon"
+        return "zone"
+
     @model_validator(mode="after")
-    def _input_needs_id(self) -> TaskConfig:
-        if self.input is not None and not self.id:
+    def _check_unit_columns(self) -> TaskConfig:
+        if (self.lon is None) != (self.lat is None):
+            raise ValueError(f"task {self.name!r}: give both `lon` and `lat`, or neither")
+        located = [self.lon is not None, self.h3 is not None, self.geometry, bool(self.boundaries)]
+        if sum(located) > 1:
+            raise ValueError(
+                f"task {self.name!r}: give one of `lon`/`lat`, `h3`, `geometry` or `boundaries`"
+            )
+        if self.input is None:
+            if any(located) or self.id:
+                raise ValueError(
+                    f"task {self.name!r} reads built-in labels; columns such as `id`, `lon` or "
+                    "`geometry` need an `input` file"
+                )
+            return self
+        kind = self.unit_kind
+        if kind in ("zone", "polygon") and not self.id and not self.geometry:
             raise ValueError(f"task {self.name!r} reads {self.input!r} but names no `id` column")
+        if kind == "polygon" and self.boundaries is not None and not self.id:
+            raise ValueError(f"task {self.name!r}: `boundaries` are joined on `id`; name it")
+        if kind == "cell" and self.lon is None and self.h3 is None:
+            raise ValueError(
+                f"task {self.name!r} has unit cell: give an `h3` column or `lon`/`lat` points"
+            )
+        if kind == "point" and self.lon is None:
+            raise ValueError(f"task {self.name!r} has unit point but no `lon`/`lat` columns")
         return self
+
+
+FeatureBaseline = Literal["raw_features", "raw_features_pca", "coordinates", "srai_hex2vec"]
 
 
 class BenchmarkSettings(_Strict):
@@ -809,18 +890,23 @@ class BenchmarkSettings(_Strict):
         variants: Trained models compared (see ``pipelines.training.VARIANTS``);
             ``mora`` is the method, the others are baselines and ablations.
         feature_baselines: Baselines computed without training: ``raw_features``
-            (the model's input features averaged per zone) and
-            ``raw_features_pca`` (their first principal components).
+            (the model's input features averaged per zone),
+            ``raw_features_pca`` (their first principal components),
+            ``coordinates`` (spherical-harmonic features of the cell centres)
+            and ``srai_hex2vec`` (srai's Hex2Vec embedder, skipped with a
+            warning when srai's torch extra is not installed).
         protocol: Options of :class:`mora_models.benchmark.BenchmarkConfig`
             (probes, splits, seeds, n_folds, include_shuffled, lightgbm, ...).
+        manhattan: Options of
+            :class:`mora_models.benchmark.manhattan.ManhattanConfig`, used
+            when a task reads the ``manhattan_180`` labels.
     """
 
     tasks: list[TaskConfig] = Field(default_factory=list)
     variants: list[str] = Field(default_factory=lambda: ["mora", "h3_adjacency"])
-    feature_baselines: list[Literal["raw_features", "raw_features_pca"]] = Field(
-        default_factory=lambda: ["raw_features"]
-    )
+    feature_baselines: list[FeatureBaseline] = Field(default_factory=lambda: ["raw_features"])
     protocol: dict[str, Any] = Field(default_factory=dict)
+    manhattan: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("protocol")
     @classmethod
@@ -839,6 +925,63 @@ class BenchmarkSettings(_Strict):
         if "mora" not in value:
             raise ValueError("benchmark.variants must include 'mora', the method itself")
         return value
+
+
+class CoverageLevel(_Strict):
+    """One training area of the coverage scaling curve.
+
+    Attributes:
+        name: Level name used in output paths and tables (``new_york``).
+        include_prefixes: Zone id prefixes trained on (state FIPS codes); the
+            base config's zones when empty.
+    """
+
+    name: Name
+    include_prefixes: list[str] = Field(default_factory=list)
+
+    _name = field_validator("name")(_check_name)
+
+
+class ScalingSettings(_Strict):
+    """Pre-training on growing coverage and data, always tested on the same zones.
+
+    Attributes:
+        coverage: Training areas from the smallest to the largest; each must
+            contain the test zones.
+        flow_shares: Shares of the mobility flows (cell-to-cell rows, drawn at
+            random) trained on at the ``flow_level`` coverage.
+        flow_level: Coverage level of the data-size curve; the first when omitted.
+        test_prefixes: Zone id prefixes of the zones scored at every point.
+        block_resolution: Test zones whose largest cell shares the H3 parent at
+            this resolution form one block of the blocked split.
+        seed: Seed of the flow subsets.
+        max_epochs: Training epochs per point; the config's ``training`` when omitted.
+    """
+
+    coverage: list[CoverageLevel] = Field(default_factory=list)
+    flow_shares: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])
+    flow_level: str | None = None
+    test_prefixes: list[str] = Field(default_factory=list)
+    block_resolution: int = Field(default=3, ge=MIN_RESOLUTION, le=MAX_RESOLUTION)
+    seed: int = 0
+    max_epochs: int | None = Field(default=None, ge=1)
+
+    @field_validator("flow_shares")
+    @classmethod
+    def _check_shares(cls, value: list[float]) -> list[float]:
+        bad = [share for share in value if not 0.0 < share <= 1.0]
+        if bad:
+            raise ValueError(f"flow_shares must be in (0, 1], found {bad}")
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _check_levels(self) -> ScalingSettings:
+        names = [level.name for level in self.coverage]
+        if len(set(names)) != len(names):
+            raise ValueError(f"coverage level names repeat: {names}")
+        if self.flow_level is not None and self.flow_level not in names:
+            raise ValueError(f"flow_level {self.flow_level!r} is not a coverage level ({names})")
+        return self
 
 
 class RegionConfig(_Strict):
@@ -864,6 +1007,7 @@ class RegionConfig(_Strict):
     model: ModelSettings = Field(default_factory=ModelSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
+    scaling: ScalingSettings = Field(default_factory=ScalingSettings)
     source_file: Path | None = Field(default=None, exclude=True)
 
     _name = field_validator("name")(_check_name)
