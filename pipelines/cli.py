@@ -151,6 +151,75 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from pipelines.config import OUTPUT_ROOT_ENV
+    from pipelines.run_compare import compare_runs, format_diff
+    from pipelines.tracking import redact_uri, tracking_uri
+
+    uri = args.tracking_uri or tracking_uri(Path(os.environ.get(OUTPUT_ROOT_ENV, "outputs")))
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    diff = compare_runs(client, args.run_a, args.run_b)
+    print(f"tracking store {redact_uri(uri)}")
+    print(format_diff(diff, args.run_a, args.run_b, changed_only=not args.all), end="")
+    return 0
+
+
+def _register(args: argparse.Namespace) -> int:
+    from pipelines.orchestration import RegistrySettings
+    from pipelines.registry import register_model
+
+    config = _load(args)
+    settings = RegistrySettings(
+        probe=args.probe, split=args.split, min_improvement=args.min_improvement
+    )
+    decision = register_model(config, args.run, settings)
+    champion = "none" if decision.champion is None else f"{decision.champion:.4f}"
+    print(f"{decision.model_name} version {decision.version}: {decision.reason}")
+    print(f"  {decision.metric}: challenger {decision.challenger:.4f}, champion {champion}")
+    print(f"  champion alias {'moved to' if decision.promoted else 'kept on'} "
+          f"version {decision.version if decision.promoted else decision.champion_version}")
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from pipelines import embedding
+    from pipelines.errors import ConfigError
+
+    config = _load(args)
+    if args.cell:
+        result = embedding.embed_cells(config, args.cell, args.variant)
+    elif args.lon is not None:
+        if args.lat is None:
+            raise ConfigError("--lon needs --lat")
+        result = embedding.embed_points(config, [args.lon], [args.lat], args.variant,
+                                        encoder_only=args.encoder_only)
+    elif args.points is not None:
+        points = pd.read_csv(args.points)
+        missing = [c for c in (args.lon_column, args.lat_column) if c not in points.columns]
+        if missing:
+            raise ConfigError(f"{args.points}: column(s) {missing} not found; the file has "
+                              f"{list(points.columns)}. Name them with --lon-column/--lat-column")
+        result = embedding.embed_points(
+            config, points[args.lon_column].to_numpy(), points[args.lat_column].to_numpy(),
+            args.variant, encoder_only=args.encoder_only,
+        )
+    else:
+        result = embedding.embed_polygons(
+            config, args.polygons, id_column=args.id_column, layer=args.layer, crs=args.crs,
+            variant=args.variant,
+        )
+    if args.output is not None:
+        path = embedding.write_table(result, args.output)
+        print(f"wrote {len(result)} embeddings to {path}")
+    else:
+        print(result.to_csv(index=False), end="")
+    return 0
+
+
 def _quarantine(args: argparse.Namespace) -> int:
     from pipelines.storage import read_quarantine
 
@@ -285,6 +354,30 @@ def build_parser() -> argparse.ArgumentParser:
     scaling.add_argument("--max-epochs", type=int, help="training epochs per point of the curves")
 
 
+    compare = commands.add_parser("compare", help="print the param and metric diffs of two runs")
+    compare.add_argument("run_a", help="MLflow run id A")
+    compare.add_argument("run_b", help="MLflow run id B")
+    compare.add_argument(
+        "--tracking-uri",
+        help="tracking store; default MLFLOW_TRACKING_URI, else <output root>/mlflow.db",
+    )
+    compare.add_argument("--all", action="store_true", help="list equal metrics too")
+
+    register = commands.add_parser(
+        "register", help="log a run's model to the registry; move `champion` if it wins"
+    )
+    register.add_argument("config", type=Path, help="region config YAML")
+    register.add_argument("--run", required=True, help="MLflow run id of the pipeline run")
+    register.add_argument("--output-root", type=Path, help="override the config's output root")
+    register.add_argument("--probe", default="linear", help="probe of the headline compared")
+    register.add_argument("--split", default="blocked", help="split of the headline compared")
+    register.add_argument(
+        "--min-improvement",
+        type=float,
+        default=0.0,
+        help="margin (a fraction) by which the headline must beat the champion's",
+    )
+
     quarantine = commands.add_parser("quarantine", help="summarise rejected rows of a region")
     quarantine.add_argument("config", type=Path, help="region config YAML")
 
@@ -307,6 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "data":
             return _data(args)
+        if args.command == "compare":
+            return _compare(args)
+        if args.command == "register":
+            return _register(args)
         if args.command == "quarantine":
             return _quarantine(args)
         from pipelines.runner import INGEST_STAGES, STAGES

@@ -19,9 +19,12 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.config import RegionConfig
+
+if TYPE_CHECKING:
+    from pipelines.context import StageReport
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +86,20 @@ class Tracker:
         *,
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
+        run_id: str | None = None,
+        keep_running: bool = False,
     ) -> None:
+        """Set the tracking URI and the region's experiment.
+
+        Args:
+            config: Region config; names the experiment and the output root.
+            run_name: Name of a new run.
+            tags: Tags of a new run.
+            run_id: Resume this run instead of creating one (an Airflow task
+                resuming the parent run of its DAG run).
+            keep_running: Leave the run RUNNING on a clean exit, for a parent
+                run that later tasks resume; FAILED is still set on an error.
+        """
         import mlflow
 
         self._mlflow = mlflow
@@ -101,23 +117,37 @@ class Tracker:
         self.experiment_id = experiment_id
         self.run_name = run_name
         self.tags = dict(tags or {})
+        self.resume_run_id = run_id
+        self.keep_running = keep_running
         logger.info("tracking to %s, experiment %s", redact_uri(uri), name)
 
     def __enter__(self) -> Tracker:
-        self.run = self._mlflow.start_run(
-            experiment_id=self.experiment_id, run_name=self.run_name, tags=self.tags
-        )
+        if self.resume_run_id is not None:
+            self.run = self._mlflow.start_run(run_id=self.resume_run_id)
+        else:
+            self.run = self._mlflow.start_run(
+                experiment_id=self.experiment_id, run_name=self.run_name, tags=self.tags
+            )
         self.run_id = self.run.info.run_id
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         while self._mlflow.active_run() is not None:
             self._mlflow.end_run(status="FAILED" if exc_type else "FINISHED")
+        if self.keep_running and exc_type is None:
+            # end_run pops the run from this process's stack; the stored
+            # status goes back to RUNNING for the tasks that resume it.
+            self._mlflow.MlflowClient().update_run(self.run_id, status="RUNNING")
 
     @contextmanager
     def stage(self, name: str) -> Iterator[Any]:
-        """Open a nested run for one stage."""
-        with self._mlflow.start_run(run_name=name, nested=True) as run:
+        """Open a nested run for one stage, in the parent run's experiment."""
+        # Without experiment_id MLflow puts a nested run in the active
+        # experiment, which is "Default" unless set_experiment was called.
+        experiment_id = self.run.info.experiment_id
+        with self._mlflow.start_run(
+            run_name=name, nested=True, experiment_id=experiment_id
+        ) as run:
             yield run
 
     def log_config(self) -> None:
@@ -161,3 +191,18 @@ class Tracker:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Set tags on the active run."""
         self._mlflow.set_tags(dict(tags))
+
+    def log_report(self, report: StageReport) -> None:
+        """Log a stage report: metrics, row counts per input, artifacts and a summary."""
+        self.log_metrics(report.metrics)
+        for count in report.inputs:
+            self.log_metrics(
+                {
+                    f"rows_read.{count.source}": count.read,
+                    f"rows_published.{count.source}": count.published,
+                    f"rows_quarantined.{count.source}": count.quarantined,
+                }
+            )
+        for path in report.artifacts:
+            self.log_artifact(Path(path))
+        self.log_text("\n".join(report.summary_lines()) + "\n", "summary.txt")
