@@ -152,7 +152,7 @@ def current_champion(client, name: str) -> tuple[str, float] | None:
 def register_model(region: RegionConfig, run_id: str, settings: RegistrySettings) -> Decision:
     """Log the trained model to ``run_id``, register a version and decide the champion.
 
-    Nothing is registered when the newest version already holds these exact
+    Nothing is registered when the newest version already contains these exact
     embeddings (same sha256), as after a nightly run with unchanged inputs.
 
     Raises:
@@ -191,7 +191,7 @@ def register_model(region: RegionConfig, run_id: str, settings: RegistrySettings
                 None,
                 None,
                 False,
-                f"version {unchanged} already holds these embeddings; nothing registered",
+                f"version {unchanged} already contains these embeddings; nothing registered",
             )
             tracker.set_tags({DECISION_TAG: "unchanged"})
             return decision
