@@ -104,7 +104,9 @@ def generate_day(
     )
 
 
-def generate(rows: int, out: Path, *, seed: int = 0, rows_per_day: int = ROWS_PER_DAY) -> list[Path]:
+def generate(
+    rows: int, out: Path, *, seed: int = 0, rows_per_day: int = ROWS_PER_DAY
+) -> list[Path]:
     """Write ``rows`` trips as daily Parquet files under ``out``; return the files."""
     out.mkdir(parents=True, exist_ok=True)
     matrix = np.load(datasets.fetch(MATRIX_KEY)).astype("float64")

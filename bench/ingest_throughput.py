@@ -2,7 +2,7 @@
 
 The measured path is the mobility stage itself on a region whose only
 source is the generated trips (see ``bench/ingest_generate.py``), over the
-Manhattan-180 zones at resolution 9: every daily file is read in batches,
+Manhattan-180 zones at resolution 9. Every daily file is read in batches,
 checked, indexed with h3ronpy, aggregated in DuckDB, validated and published
 as ``trip_edges/source=synthetic/part=<day>``, then rolled up into
 ``mobility_edges``. ``--mode dask`` runs the partitions on a local
@@ -14,7 +14,9 @@ subsample and is extrapolated linearly to the full row count. Two per-row
 forms are timed: a list comprehension over ``zip`` (the fastest per-row form)
 and ``DataFrame.apply(axis=1)`` (the common one).
 
-Peak memory is the largest sum of the resident set sizes of this process
+CPU seconds (this process and, with Dask, the workers) are reported beside
+wall time: on a shared machine the wall time grows with other load, the CPU
+time much less. Peak memory is the largest sum of the resident set sizes of this process
 and its children (Dask workers), sampled every 100 ms. Run::
 
     MORA_DUCKDB_THREADS=2 MORA_DUCKDB_MEMORY_LIMIT=2GB \\
@@ -93,9 +95,10 @@ def region_config(input_dir: Path, out: Path):
     )
 
 
-def naive_rate(files: list[Path], rows: int, form: str) -> float:
-    """Return trips per second of the naive path on the first ``rows`` rows."""
+def naive_rate(files: list[Path], rows: int, form: str) -> tuple[float, float]:
+    """Return trips per wall second and per CPU second of the naive path on ``rows`` rows."""
     started = time.perf_counter()
+    cpu_started = time.process_time()
     frames = []
     left = rows
     for path in files:
@@ -124,7 +127,7 @@ def naive_rate(files: list[Path], rows: int, form: str) -> float:
             axis=1,
         )
     trips.groupby(["o", "d"]).size()
-    return rows / (time.perf_counter() - started)
+    return rows / (time.perf_counter() - started), rows / (time.process_time() - cpu_started)
 
 
 def main() -> None:
@@ -153,26 +156,36 @@ def main() -> None:
         cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True)
         os.environ[mobility.DASK_SCHEDULER_ENV] = cluster.scheduler_address
     context = StageContext(config)
+    cpu_started = time.process_time()
     with PeakMemory() as memory:
         started = time.perf_counter()
         report = mobility.run(context)
         seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
     context.close()
     if cluster is not None:
+        from dask.distributed import Client
+
+        with Client(cluster) as client:
+            worker_cpu = client.run(lambda: sum(psutil.Process().cpu_times()[:2]))
+        cpu_seconds += sum(worker_cpu.values())
         cluster.close()
         os.environ.pop(mobility.DASK_SCHEDULER_ENV, None)
 
     published = sum(count.published for count in report.inputs)
     quarantined = sum(count.quarantined for count in report.inputs)
-    zip_rate = naive_rate(files, args.naive_rows, "zip")
-    apply_rate = naive_rate(files, args.apply_rows, "apply")
+    zip_rate, zip_cpu_rate = naive_rate(files, args.naive_rows, "zip")
+    apply_rate, apply_cpu_rate = naive_rate(files, args.apply_rows, "apply")
     rate = rows / seconds
+    cpu_rate = rows / cpu_seconds
     result = {
         "rows": rows,
         "files": len(files),
         "mode": args.mode,
         "seconds": round(seconds, 1),
         "trips_per_second": round(rate),
+        "cpu_seconds": round(cpu_seconds, 1),
+        "trips_per_cpu_second": round(cpu_rate),
         "peak_rss_gb": round(memory.peak_bytes / 1e9, 2),
         "published": published,
         "quarantined": quarantined,
@@ -183,6 +196,10 @@ def main() -> None:
         "naive_apply_trips_per_second": round(apply_rate),
         "naive_apply_extrapolated_seconds": round(rows / apply_rate),
         "speedup_vs_naive_apply": round(rate / apply_rate, 1),
+        "naive_zip_trips_per_cpu_second": round(zip_cpu_rate),
+        "cpu_speedup_vs_naive_zip": round(cpu_rate / zip_cpu_rate, 1),
+        "naive_apply_trips_per_cpu_second": round(apply_cpu_rate),
+        "cpu_speedup_vs_naive_apply": round(cpu_rate / apply_cpu_rate, 1),
         "duckdb_threads": os.environ.get("MORA_DUCKDB_THREADS"),
         "duckdb_memory_limit": os.environ.get("MORA_DUCKDB_MEMORY_LIMIT"),
         "cpus": os.cpu_count(),

@@ -10,11 +10,11 @@ Source kinds (``kind`` in the config):
 - ``pings``: GPS pings or check-ins, turned into trips between stay points
   (see :mod:`pipelines.pings`).
 
-Zone flows are spread over the zone's cells in proportion to a weight: the
-population a density raster puts in each overlap of zone and cell, the
-points of a point layer in the cell times the share of the cell the overlap
-covers, or the overlap's area when neither is configured (or the weight puts
-nothing in the zone). The flow from zone *i* to zone *j* becomes, for every
+Zone flows are spread over the zone's cells in proportion to a weight. The
+weight of an overlap of zone and cell is one of: the population a density
+raster puts in it; the points of a point layer in the cell times the share
+of the cell the overlap covers; or the overlap's area, when neither is
+configured or the weight puts nothing in the zone. The flow from zone *i* to zone *j* becomes, for every
 cell *a* of *i* and *b* of *j*::
 
     flow(a → b) += flow(i → j) · share_i(a) · share_j(b)

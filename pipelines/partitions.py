@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -187,7 +188,7 @@ def _clean_name(name: str) -> str:
 
 @dataclass
 class SchemaDrift:
-    """How one column differs between partitions.
+    """Difference of one column between the partitions of a source.
 
     Attributes:
         column: Column name.
@@ -363,7 +364,7 @@ def read_batches(
     offset = 0
     for raw in _raw_batches(partition, columns, batch_rows):
         table = conform_batch(raw, schema, columns)
-        numbers = pa.array(range(offset + 1, offset + table.num_rows + 1), pa.int64())
+        numbers = pa.array(np.arange(offset + 1, offset + table.num_rows + 1, dtype="int64"))
         offset += table.num_rows
         yield table.add_column(0, ROW_NUMBER, numbers)
 

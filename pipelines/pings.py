@@ -7,7 +7,7 @@ Each raw partition is processed on its own:
    and position (coordinates or an H3 cell).
 2. Fixes are ordered by user, trajectory and time. Fixes of one user and
    trajectory with equal timestamps collapse into one fix at their mean
-   position; the extra rows are quarantined as ``duplicate_fix`` (same
+   position. The extra rows are quarantined as ``duplicate_fix`` (same
    position) or ``equal_timestamp_merged`` (other positions). After this,
    consecutive fixes are strictly increasing in time, so no speed divides
    by a zero interval.

@@ -4,10 +4,11 @@ A trip row names where it started and ended (coordinates in any CRS, a
 station id, or an H3 cell) and, optionally, when it started. Each row is
 checked before it reaches H3:
 
-- Coordinates: missing values, exactly (0, 0) placeholders, values the CRS
-  cannot transform, latitudes outside [-90, 90] and longitudes outside
-  [-180, 360] are rejected; 0..360 longitudes are shifted; a batch whose
-  latitudes mostly look like longitudes stops the run (swapped mapping).
+- Coordinates: missing values, exactly (0, 0) placeholders, projected
+  values outside their CRS's area of use, latitudes outside [-90, 90] and
+  longitudes outside [-180, 360] are rejected. Longitudes in 0..360 are
+  shifted. A batch whose latitudes mostly look like longitudes stops the
+  run, because the column mapping is swapped.
 - Station ids are normalised (``94`` and ``094`` are one station) and looked
   up in the station table; unknown stations are rejected.
 - H3 cells must be valid and at least as fine as the region's resolution;
@@ -562,7 +563,7 @@ def _string_mapper(type_: pa.DataType):
 
 @dataclass
 class PartitionResult:
-    """What one raw partition gave.
+    """Edges, rejected rows and row counts of one raw partition.
 
     Attributes:
         label: Partition label.
@@ -586,8 +587,8 @@ EDGE_SORT = [ORIGIN_CELL, DESTINATION_CELL, TIME_BUCKET]
 def aggregate_batches(batches: Iterator[CleanBatch], *, label: str) -> PartitionResult:
     """Sum clean batches into edges in an in-memory DuckDB database.
 
-    Each batch is pre-aggregated as it arrives, so memory holds distinct
-    edges rather than trips; DuckDB spills to disk past its memory limit
+    Each batch is pre-aggregated as it arrives, so memory contains distinct
+    edges rather than trips, and DuckDB spills to disk past its memory limit
     (``MORA_DUCKDB_MEMORY_LIMIT``).
     """
     connection = connect(None)

@@ -15,7 +15,7 @@ from pipelines.context import StageReport
 
 @pytest.fixture(autouse=True)
 def _no_output_root_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep outputs in each test's own directory whatever MORA_OUTPUT_ROOT says."""
+    """Keep outputs in each test's own directory whatever MORA_OUTPUT_ROOT is set to."""
     monkeypatch.delenv(OUTPUT_ROOT_ENV, raising=False)
     monkeypatch.delenv(mobility.DASK_SCHEDULER_ENV, raising=False)
 

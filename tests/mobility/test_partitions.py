@@ -101,7 +101,9 @@ def test_int_and_float_unify_to_float(tmp_path):
 
 def test_naive_and_aware_times_keep_meaning(tmp_path):
     naive = pa.array(pd.to_datetime(["2024-07-01 12:00:00"]).as_unit("us"))
-    aware = pa.Array.from_pandas(pd.Series(pd.to_datetime(["2024-07-01 12:00:00+00:00"])))
+    aware = pa.array(
+        [pd.Timestamp("2024-07-01 12:00:00+00:00").to_pydatetime()], pa.timestamp("us", tz="UTC")
+    )
     first = _write(tmp_path / "a.parquet", pa.table({"t": naive}))
     second = _write(tmp_path / "b.parquet", pa.table({"t": aware}))
     table, _ = read_partitions([first, second], source="times")
