@@ -33,8 +33,18 @@ EMBEDDING_DIM: Final = 128
 MOBILITY: Final = "mobility"
 AUXILIARY_MODALITIES: Final = ("poi", "imagery", "census")
 
-# Quarantine tables: one row per rejected input row.
-QUARANTINE_COLUMNS: Final = ("stage", "source", "row_number", "key", "rule", "value")
+# Quarantine tables: one row per rejected input row. ``source`` is the input's
+# name in the config, ``source_file`` the file as the config names it
+# (registry key or path), ``row_number`` the 1-based data row in that file.
+QUARANTINE_COLUMNS: Final = (
+    "stage",
+    "source",
+    "source_file",
+    "row_number",
+    "key",
+    "rule",
+    "value",
+)
 
 # Parquet key-value metadata written on every published table.
 PARQUET_RESOLUTION_KEY: Final = b"mora.resolution"

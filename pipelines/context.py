@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,7 +24,7 @@ from pipelines.config import RegionConfig
 from pipelines.datasets import file_sha256
 from pipelines.errors import MoraError
 from pipelines.resources import code_fingerprint
-from pipelines.storage import STAGING_DIR, PublishedTable
+from pipelines.storage import PublishedTable, remove_abandoned_staging
 from pipelines.warehouse import WAREHOUSE_FILE, connect
 
 logger = logging.getLogger(__name__)
@@ -132,22 +130,15 @@ class StageContext:
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
-    def clean_staging(self, older_than_seconds: float = 6 * 3600) -> int:
+    def clean_staging(self, older_than_seconds: float = 3600) -> int:
         """Remove staging directories left by interrupted runs; return how many.
 
-        Only directories untouched for ``older_than_seconds`` are removed, so
-        tasks of the same region running in parallel keep theirs.
+        A directory whose writer still holds its lock is kept, so tasks of the
+        same region running in parallel keep theirs; see
+        :func:`pipelines.storage.remove_abandoned_staging`. A directory
+        without a lock file is removed once untouched for ``older_than_seconds``.
         """
-        staging = self.root / STAGING_DIR
-        if not staging.is_dir():
-            return 0
-        cutoff = time.time() - older_than_seconds
-        removed = 0
-        for entry in staging.iterdir():
-            if entry.stat().st_mtime < cutoff:
-                shutil.rmtree(entry, ignore_errors=True)
-                removed += 1
-        return removed
+        return remove_abandoned_staging(self.root, older_than_seconds)
 
     def close(self) -> None:
         """Close the DuckDB connection if it was opened."""

@@ -23,7 +23,8 @@ MISSING_ID = "missing_id"
 NON_INTEGER_ID = "non_integer_id"
 ID_TOO_LONG = "id_too_long"
 
-_INTEGER_TEXT = r"^[+]?\d+(?:\.0*)?$"
+# ASCII digits only: `\d` would also accept the digits of other scripts ("٣٤").
+_INTEGER_TEXT = r"^[+]?[0-9]+(?:\.0*)?$"
 
 
 @dataclass(frozen=True)

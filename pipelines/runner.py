@@ -12,9 +12,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
+
 from pipelines.config import RegionConfig
 from pipelines.context import StageContext, StageReport
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, InputFormatError, MoraError
+from pipelines.storage import damaged_tables
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +57,53 @@ class PipelineResult:
 
 
 def run_stage(context: StageContext, stage: str, options: RunOptions | None = None) -> StageReport:
-    """Run one stage and return its report (row counts are checked)."""
-    from pipelines import census, features, imagery, mobility, poi, training, zones
+    """Run one stage and return its report (row counts are checked).
 
+    Raises:
+        InputFormatError: The stage failed to read a published table that was
+            damaged by hand since it was written; names the files.
+    """
     options = options or RunOptions()
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
     logger.info("stage %s of region %s: started", stage, context.config.name)
+    try:
+        report = _dispatch(context, stage, options)
+    except (OSError, ValueError, duckdb.Error) as error:
+        if isinstance(error, MoraError):
+            raise
+        _raise_if_tables_damaged(context, stage, error)
+        raise
+    report.check_counts()
+    for line in report.summary_lines():
+        logger.info(line)
+    logger.info("stage %s of region %s: finished", stage, context.config.name)
+    return report
+
+
+def _raise_if_tables_damaged(context: StageContext, stage: str, error: Exception) -> None:
+    """Explain a failed read by the published tables that no longer match their manifests.
+
+    Raises:
+        InputFormatError: Some published tables were edited, truncated or
+            deleted by hand since they were written.
+    """
+    damaged = damaged_tables(context.root)
+    if not damaged:
+        return
+    listed = ", ".join(str(path) for path in damaged[:3])
+    more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+    cause = (str(error).splitlines() or [type(error).__name__])[0]
+    raise InputFormatError(
+        f"stage {stage} failed ({cause}) and published table file(s) {listed}{more} differ "
+        "from their manifests: they were edited, truncated or deleted after publishing. "
+        "Re-run the stages that publish them (they rebuild such files), or run with --force."
+    ) from error
+
+
+def _dispatch(context: StageContext, stage: str, options: RunOptions) -> StageReport:
+    from pipelines import census, features, imagery, mobility, poi, training, zones
+
     if stage == "train":
         report = training.run(
             context,
@@ -82,10 +125,6 @@ def run_stage(context: StageContext, stage: str, options: RunOptions | None = No
             "features": features,
         }[stage]
         report = module.run(context)
-    report.check_counts()
-    for line in report.summary_lines():
-        logger.info(line)
-    logger.info("stage %s of region %s: finished", stage, context.config.name)
     return report
 
 

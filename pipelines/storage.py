@@ -5,21 +5,29 @@ Layout under a region's output directory::
     tables/<table>/[<key>=<value>/...]data.parquet   one file per partition
     tables/<table>/[<key>=<value>/...]_manifest.json rows, schema, sha256, fingerprint
     tables/quarantine/stage=<stage>/source=<source>/data.parquet
-    .staging/                                        work in progress, never read
+    .staging/<id>/                                   work in progress, never read
 
-A table is written to ``.staging`` first, checked, and then moved into place
-with :func:`os.replace`, which is atomic on one filesystem: readers see the
-old file or the new one, never half of one. Files are byte-identical across
-re-runs on the same inputs, because rows are sorted by the table's key and no
-timestamps or run ids are written into data files.
+A table is written to ``.staging`` first, checked, flushed to disk and then
+moved into place with :func:`os.replace`, which is atomic on one filesystem:
+readers see the old file or the new one, never half of one. A process killed
+while writing leaves only its staging directory behind. Each staging
+directory holds a lock file that its writer keeps locked (``flock``) until it
+finishes, so :func:`remove_abandoned_staging` can tell a dead writer's
+leftovers from a live one's work.
+
+Files are byte-identical across re-runs on the same inputs, because rows are
+sorted by the table's key and no timestamps or run ids are written into data
+files.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -45,12 +53,15 @@ STAGING_DIR = ".staging"
 DATA_FILE = "data.parquet"
 MANIFEST_FILE = "_manifest.json"
 QUARANTINE_TABLE = "quarantine"
+# Held locked by the process writing into a staging directory.
+STAGING_LOCK_FILE = ".lock"
 _ROW_GROUP_ROWS = 1_000_000
 
 QUARANTINE_SCHEMA = pa.schema(
     [
         ("stage", pa.string()),
         ("source", pa.string()),
+        ("source_file", pa.string()),
         ("row_number", pa.int64()),
         ("key", pa.string()),
         ("rule", pa.string()),
@@ -115,15 +126,104 @@ def is_current(
     return file_sha256(path) == manifest.get("sha256")
 
 
+def damaged_tables(region_root: Path) -> list[Path]:
+    """Return the data files of published partitions that no longer match their manifests.
+
+    A file is damaged when it is missing or its sha256 differs from the one
+    its manifest recorded: it was edited, truncated or deleted by hand, or a
+    crash hit between the two renames of a publish.
+    """
+    damaged = []
+    for manifest_path in sorted((region_root / TABLES_DIR).rglob(MANIFEST_FILE)):
+        data = manifest_path.with_name(DATA_FILE)
+        expected = json.loads(manifest_path.read_text(encoding="utf-8")).get("sha256")
+        if not data.is_file() or file_sha256(data) != expected:
+            damaged.append(data)
+    return damaged
+
+
 @contextmanager
 def staging_dir(region_root: Path) -> Iterator[Path]:
-    """Yield a fresh directory under ``.staging`` and remove it afterwards."""
+    """Yield a fresh, locked directory under ``.staging`` and remove it afterwards."""
     path = safe_child(region_root, STAGING_DIR, uuid.uuid4().hex)
     path.mkdir(parents=True)
+    lock = (path / STAGING_LOCK_FILE).open("w")
     try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+        lock.close()
+
+
+def remove_abandoned_staging(region_root: Path, older_than_seconds: float) -> int:
+    """Remove staging directories whose writer is gone; return how many were removed.
+
+    A directory is abandoned when its lock file can be locked, because the
+    kernel releases a lock when its holder exits, however it died. A
+    directory without a lock file (its writer died right after creating it)
+    is removed once untouched for ``older_than_seconds``. Locks need a local
+    filesystem; on a network filesystem that ignores ``flock``, only the age
+    counts.
+    """
+    staging = region_root / STAGING_DIR
+    if not staging.is_dir():
+        return 0
+    cutoff = time.time() - older_than_seconds
+    removed = 0
+    for entry in sorted(staging.iterdir()):
+        if not entry.is_dir():
+            continue
+        lock_path = entry / STAGING_LOCK_FILE
+        if lock_path.is_file():
+            abandoned = _lock_is_free(lock_path)
+        else:
+            abandoned = entry.stat().st_mtime < cutoff
+        if abandoned:
+            shutil.rmtree(entry, ignore_errors=True)
+            logger.info("removed staging directory %s left by an interrupted run", entry)
+            removed += 1
+    return removed
+
+
+def _lock_is_free(lock_path: Path) -> bool:
+    try:
+        with lock_path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except BlockingIOError:
+        return False
+    except FileNotFoundError:
+        # The writer finished and removed its directory meanwhile.
+        return False
+    return True
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or a directory entry to disk, so a rename after it is durable."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _move_into_place(staging: Path, destination_dir: Path, manifest: dict) -> None:
+    """Write the manifest beside the staged data file, then move both into place.
+
+    The manifest goes last: a crash between the two renames leaves a new data
+    file whose hash does not match the old manifest, which :func:`is_current`
+    treats as stale, so the next run rebuilds the partition.
+    """
+    staged = staging / DATA_FILE
+    staged_manifest = staging / MANIFEST_FILE
+    staged_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    _fsync(staged)
+    _fsync(staged_manifest)
+    destination_dir.mkdir(parents=True, exist_ok=True)
+    os.replace(staged, destination_dir / DATA_FILE)
+    os.replace(staged_manifest, destination_dir / MANIFEST_FILE)
+    _fsync(destination_dir)
 
 
 def write_parquet(
@@ -203,13 +303,7 @@ def publish_table(
             "sha256": digest,
             "fingerprint": fingerprint,
         }
-        staged_manifest = staging / MANIFEST_FILE
-        staged_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        destination_dir.mkdir(parents=True, exist_ok=True)
-        # The manifest goes last: a crash in between leaves a data file whose
-        # hash does not match its manifest, which is_current() rebuilds.
-        os.replace(staged, destination_dir / DATA_FILE)
-        os.replace(staged_manifest, destination_dir / MANIFEST_FILE)
+        _move_into_place(staging, destination_dir, manifest)
     logger.info("published %s (%d rows) to %s", name, table.num_rows, destination_dir)
     return PublishedTable(name, destination_dir / DATA_FILE, table.num_rows, digest)
 
@@ -241,8 +335,9 @@ def publish_query(
     kv = ", ".join(f"'{key}': '{value}'" for key, value in metadata.items())
     with staging_dir(region_root) as staging:
         staged = staging / DATA_FILE
+        target = str(staged).replace("'", "''")
         connection.execute(
-            f"COPY (SELECT * FROM ({query}) ORDER BY {order}) TO '{staged}' "
+            f"COPY (SELECT * FROM ({query}) ORDER BY {order}) TO '{target}' "
             f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {_ROW_GROUP_ROWS}, "
             f"KV_METADATA {{{kv}}})",
             dict(parameters) if parameters else None,
@@ -262,11 +357,7 @@ def publish_query(
             "sha256": digest,
             "fingerprint": fingerprint,
         }
-        staged_manifest = staging / MANIFEST_FILE
-        staged_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        destination_dir.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, destination_dir / DATA_FILE)
-        os.replace(staged_manifest, destination_dir / MANIFEST_FILE)
+        _move_into_place(staging, destination_dir, manifest)
     logger.info("published %s (%d rows) to %s", name, rows, destination_dir)
     return PublishedTable(name, destination_dir / DATA_FILE, rows, digest)
 
@@ -287,15 +378,25 @@ class Quarantine:
 
     Every source registered with :meth:`start` gets a quarantine partition on
     :meth:`publish`, empty when nothing was rejected, so a re-run that rejects
-    nothing also clears the rows of an earlier run.
+    nothing also clears the rows of an earlier run. Every row names the file
+    it came from (``source_file``), given to :meth:`start` or :meth:`add`.
     """
 
     stage: str
     frames: dict[str, list[pd.DataFrame]] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
 
-    def start(self, source: str) -> None:
-        """Register a source, so that it gets a partition even with no rejects."""
+    def start(self, source: str, source_file: str | None = None) -> None:
+        """Register a source, so that it gets a partition even with no rejects.
+
+        Args:
+            source: Input name.
+            source_file: The input file as the config names it (registry key
+                or path); the default ``source_file`` of this source's rows.
+        """
         self.frames.setdefault(source, [])
+        if source_file is not None:
+            self.files[source] = str(source_file)
 
     def add(
         self,
@@ -305,6 +406,7 @@ class Quarantine:
         keys: Sequence[object] | pd.Series,
         rules: Sequence[str] | pd.Series | str,
         values: Sequence[object] | pd.Series,
+        source_file: str | None = None,
     ) -> int:
         """Record rejected rows and return how many were added.
 
@@ -314,15 +416,27 @@ class Quarantine:
             keys: An identifying key per row (trip id, zone id); may be missing.
             rules: The rule each row broke, or one rule for all.
             values: The offending value per row, as found.
+            source_file: The file the rows come from, when it is not the one
+                given to :meth:`start` (a source that reads several files).
+
+        Raises:
+            ValueError: No file is known for the rows (neither argument given).
         """
         count = len(row_numbers)
         if count == 0:
             self.start(source)
             return 0
+        file = source_file if source_file is not None else self.files.get(source)
+        if file is None:
+            raise ValueError(
+                f"quarantine of stage {self.stage!r}: rows of source {source!r} name no file; "
+                "pass source_file to Quarantine.start or Quarantine.add"
+            )
         frame = pd.DataFrame(
             {
                 "stage": self.stage,
                 "source": source,
+                "source_file": str(file),
                 "row_number": pd.Series(list(row_numbers), dtype="int64"),
                 "key": pd.Series(list(keys), dtype="string"),
                 "rule": rules if isinstance(rules, str) else pd.Series(list(rules), dtype="string"),
@@ -361,7 +475,7 @@ class Quarantine:
                     region_root,
                     QUARANTINE_TABLE,
                     table,
-                    sort_by=["row_number", "rule", "key"],
+                    sort_by=["source_file", "row_number", "rule", "key"],
                     fingerprint=fingerprint,
                     partition={"stage": self.stage, "source": source},
                 )
@@ -375,4 +489,5 @@ def read_quarantine(region_root: Path) -> pd.DataFrame:
     files = sorted(root.glob(f"stage=*/source=*/{DATA_FILE}"))
     if not files:
         return pd.DataFrame({column: [] for column in QUARANTINE_COLUMNS})
-    return pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
+    rows = pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
+    return rows.reindex(columns=list(QUARANTINE_COLUMNS))

@@ -8,6 +8,8 @@ quarantine rows refer to.
 
 from __future__ import annotations
 
+import csv
+import gzip
 import logging
 from pathlib import Path
 
@@ -19,49 +21,118 @@ from pipelines.errors import InputFormatError, SchemaError
 logger = logging.getLogger(__name__)
 
 ROW_NUMBER = "row_number"
+# Field separators recognised in a header line, preferred in this order on a tie.
+_DELIMITERS = (",", "\t", ";", "|")
 
 
 def read_csv_text(path: Path, *, source: str, delimiter: str | None = None) -> pd.DataFrame:
     """Read a delimited text file with every column as text.
 
+    The header and the delimiter are read here and passed to DuckDB, which
+    then parses the rows strictly (RFC 4180 quoting, no dialect guessing). A
+    guessed dialect could read a broken quote as part of a value, or a row
+    with an extra field as one column, and lose the fault silently.
+
     Args:
-        path: CSV or TSV file; a UTF-8 byte-order mark is ignored.
+        path: UTF-8 CSV or TSV file, optionally gzip-compressed (``.gz``); a
+            byte-order mark is ignored.
         source: Input name for messages.
-        delimiter: Field separator; detected when omitted.
+        delimiter: Field separator; when omitted, the one of ``,``, tab,
+            ``;`` and ``|`` that occurs most often in the header line.
 
     Returns:
         The rows, with a leading ``row_number`` column.
 
     Raises:
-        InputFormatError: The file is empty, has no header, or cannot be
-            parsed (for example an unterminated quote); the message names the
-            file and DuckDB's description of the fault.
+        InputFormatError: The file is empty, is not UTF-8 text, has no header
+            or a repeated column name, or a row cannot be parsed (an
+            unterminated quote, a wrong number of fields); the message names
+            the file and the line.
+    """
+    header, delimiter = read_header(path, source=source, delimiter=delimiter)
+    columns = ", ".join(f"{_sql_text(name)}: 'VARCHAR'" for name in header)
+    query = (
+        "SELECT * FROM read_csv($path, auto_detect = false, header = true, strict_mode = true, "
+        f"delim = $delimiter, quote = '\"', escape = '\"', columns = {{{columns}}})"
+    )
+    connection = duckdb.connect()
+    try:
+        # Row numbers follow the file only when the scan keeps its order.
+        connection.execute("SET preserve_insertion_order = true")
+        frame = connection.execute(query, {"path": str(path), "delimiter": delimiter}).df()
+    except duckdb.Error as error:
+        raise InputFormatError(
+            f"{source}: cannot parse {path} as delimited text: {_describe_csv_error(error)}. "
+            "Fix that line of the file (quoting, number of fields, encoding)."
+        ) from error
+    finally:
+        connection.close()
+    frame = frame.astype("string")
+    frame.insert(0, ROW_NUMBER, range(1, len(frame) + 1))
+    return frame
+
+
+def read_header(path: Path, *, source: str, delimiter: str | None = None) -> tuple[list[str], str]:
+    """Return the column names and the delimiter of a delimited text file.
+
+    Names are trimmed, and empty names become ``column<i>`` (0-based
+    position), as DuckDB names them.
+
+    Raises:
+        InputFormatError: The file is missing, empty, not UTF-8 text, or its
+            first line holds no column name or repeats one.
     """
     if not path.is_file():
         raise InputFormatError(f"{source}: {path} is not a file")
     if path.stat().st_size == 0:
         raise InputFormatError(f"{source}: {path} is empty; expected a header line and data rows")
-    # The SQL table function, not DuckDBPyConnection.read_csv: with
-    # strict_mode the latter returned no rows in duckdb 2.0.1.
-    query = "SELECT * FROM read_csv($path, all_varchar = true, header = true, strict_mode = true"
-    parameters: dict[str, str] = {"path": str(path)}
-    if delimiter is not None:
-        query += ", delim = $delimiter"
-        parameters["delimiter"] = delimiter
-    connection = duckdb.connect()
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
     try:
-        frame = connection.execute(query + ")", parameters).df()
-    except duckdb.Error as error:
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as handle:
+            first_line = handle.readline()
+            if delimiter is None:
+                delimiter = max(_DELIMITERS, key=first_line.count)
+            handle.seek(0)
+            record = next(csv.reader(handle, delimiter=delimiter, strict=True), [])
+    except (UnicodeDecodeError, csv.Error, OSError, EOFError) as error:
         raise InputFormatError(
-            f"{source}: cannot parse {path} as delimited text: {str(error).splitlines()[0]}. "
-            "Check the quoting and the number of fields on the line it names."
+            f"{source}: cannot read {path} as UTF-8 delimited text: {error}. "
+            "Convert the file to UTF-8 CSV."
         ) from error
-    finally:
-        connection.close()
-    frame.columns = [column.lstrip("\ufeff") for column in frame.columns]
-    frame = frame.astype("string")
-    frame.insert(0, ROW_NUMBER, range(1, len(frame) + 1))
-    return frame
+    if "\x00" in first_line:
+        raise InputFormatError(f"{source}: {path} contains NUL bytes, so it is not a text file")
+    # DuckDB trims spaces around header names; so does this reader.
+    names = [name.strip() or f"column{index}" for index, name in enumerate(record)]
+    if not any(name.strip() for name in record):
+        raise InputFormatError(
+            f"{source}: the first line of {path} contains no column name; expected a header line "
+            "with column names (remove title or blank lines above it)"
+        )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise InputFormatError(
+            f"{source}: the header of {path} repeats column name(s) {repeated}; "
+            "rename them so that every column has its own name"
+        )
+    return names, delimiter
+
+
+def _sql_text(value: str) -> str:
+    """Quote a value as a SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _describe_csv_error(error: duckdb.Error) -> str:
+    """Condense DuckDB's multi-line CSV error to its location and cause."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    location = lines[0].removeprefix("Invalid Input Error: ")
+    cause = ""
+    for line in lines[1:]:
+        if line.startswith("Possible"):
+            break
+        if line and not line.startswith("Original Line"):
+            cause = line.rstrip(".")
+    return f"{location}: {cause}" if cause and cause != location else location
 
 
 def require_columns(frame: pd.DataFrame, columns: list[str], *, source: str) -> None:

@@ -65,7 +65,7 @@ def run(context: StageContext) -> StageReport:
 
     source = "zones"
     quarantine = Quarantine(STAGE)
-    quarantine.start(source)
+    quarantine.start(source, zones_config.input)
     path = context.input_path(zones_config.input)
     frame = read_vector(
         path, layer=zones_config.layer, declared_crs=zones_config.crs, source=zones_config.input
