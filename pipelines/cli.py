@@ -90,12 +90,6 @@ def _run(args: argparse.Namespace, stages: Sequence[str], config=None) -> int:
         variants=variants,
         on_epoch=progress,
     )
-    options = RunOptions(
-        force=args.force,
-        resume=getattr(args, "resume", False),
-        variants=variants,
-        on_epoch=progress,
-    )
     started = time.perf_counter()
 
     def on_stage(stage: str, report) -> None:
@@ -353,7 +347,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scaling.add_argument("--max-epochs", type=int, help="training epochs per point of the curves")
 
-
     compare = commands.add_parser("compare", help="print the param and metric diffs of two runs")
     compare.add_argument("run_a", help="MLflow run id A")
     compare.add_argument("run_b", help="MLflow run id B")
@@ -381,6 +374,26 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine = commands.add_parser("quarantine", help="summarise rejected rows of a region")
     quarantine.add_argument("config", type=Path, help="region config YAML")
 
+    embed = commands.add_parser(
+        "embed", help="embeddings of H3 cells, of any coordinates or of a polygon layer"
+    )
+    embed.add_argument("config", type=Path, help="region config YAML (trained)")
+    target = embed.add_mutually_exclusive_group(required=True)
+    target.add_argument("--cell", action="append", help="H3 cell in hexadecimal (repeatable)")
+    target.add_argument("--lon", type=float, help="longitude in degrees of one point (with --lat)")
+    target.add_argument("--points", type=Path, help="CSV of points (with --lon-column/--lat-column)")
+    target.add_argument("--polygons", type=Path, help="vector file of polygons to embed")
+    embed.add_argument("--lat", type=float, help="latitude in degrees of the point given by --lon")
+    embed.add_argument("--lon-column", default="lon", help="longitude column of --points")
+    embed.add_argument("--lat-column", default="lat", help="latitude column of --points")
+    embed.add_argument("--id", dest="id_column", help="id column of --polygons")
+    embed.add_argument("--layer", help="layer of a multi-layer --polygons file")
+    embed.add_argument("--crs", help="CRS of --polygons when the file declares none")
+    embed.add_argument("--encoder-only", action="store_true",
+                       help="embed points with the location encoder even inside trained cells")
+    embed.add_argument("--variant", default="mora", help="trained variant (default: mora)")
+    embed.add_argument("--output", type=Path, help="write a .parquet or .csv file instead of printing")
+
     data = commands.add_parser("data", help="the dataset registry and the local cache")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     data_commands.add_parser("list", help="list registered files and whether they are cached")
@@ -406,6 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _register(args)
         if args.command == "quarantine":
             return _quarantine(args)
+        if args.command == "embed":
+            return _embed(args)
         from pipelines.runner import INGEST_STAGES, STAGES
 
         if args.command in ("benchmark", "ablations"):

@@ -9,37 +9,16 @@ or geopandas and compares.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
-
 import h3
 import numpy as np
 import pandas as pd
 import pytest
 
 from pipelines import datasets
-from pipelines.config import load_config
 from pipelines.runner import STAGES, RunOptions, run_pipeline
 from pipelines.storage import read_quarantine, table_path
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "us_new_york_small.yaml"
 NEW_YORK = "36"
-
-
-@pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory, monkeypatch_module):
-    output_root = tmp_path_factory.mktemp("outputs")
-    monkeypatch_module.setenv("MORA_OUTPUT_ROOT", str(output_root))
-    monkeypatch_module.delenv("MLFLOW_TRACKING_URI", raising=False)
-    config = load_config(CONFIG)
-    result = run_pipeline(config, STAGES, RunOptions(), run_name="end-to-end test")
-    return config, result, output_root
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    patch = pytest.MonkeyPatch()
-    yield patch
-    patch.undo()
 
 
 def _table(config, name, partition=None) -> pd.DataFrame:
