@@ -189,12 +189,21 @@ def ingest(
         results = (
             process_partitions_dask(client, todo, work)
             if client is not None
-            else [work(partition) for partition in todo]
+            else ((partition, work(partition)) for partition in todo)
         )
-        for result, (partition, fingerprint) in zip(results, pending, strict=True):
+        fingerprints = {partition.label: fingerprint for partition, fingerprint in pending}
+        # Each partition is published as soon as it is done, so memory contains
+        # one partition's edges at a time and an interrupted run keeps them.
+        for done, (partition, result) in enumerate(results, start=1):
             published += _publish_partition(
-                context, source.name, result, fingerprint, report, partition.reference
+                context,
+                source.name,
+                result,
+                fingerprints[partition.label],
+                report,
+                partition.reference,
             )
+            logger.info("%s: partition %s done (%d/%d)", source.name, result.label, done, len(todo))
 
     _remove_stale(context, source.name, [partition.label for partition in partitions])
     published.append(_roll_up(context, source.name, [p.label for p in partitions], report))

@@ -652,17 +652,25 @@ PartitionWork = Callable[[InputPartition], PartitionResult]
 
 def process_partitions_dask(
     client, partitions: Sequence[InputPartition], work: PartitionWork
-) -> list[PartitionResult]:
-    """Run ``work`` on every partition on a Dask cluster and gather the results in order.
+) -> Iterator[tuple[InputPartition, PartitionResult]]:
+    """Run ``work`` on every partition on a Dask cluster; yield results as they finish.
 
     Args:
         client: A ``dask.distributed.Client``.
         partitions: Raw partitions; each becomes one task.
         work: Picklable callable processing one partition (a
             :func:`functools.partial` of :func:`process_partition`).
+
+    Yields:
+        Each partition with its result, in completion order.
     """
-    futures = client.map(work, list(partitions), key=[f"trips-{p.label}" for p in partitions])
-    return client.gather(futures)
+    from dask.distributed import as_completed
+
+    by_key = {f"trips-{partition.label}": partition for partition in partitions}
+    futures = client.map(work, list(partitions), key=list(by_key))
+    for future, result in as_completed(futures, with_results=True):
+        yield by_key[future.key], result
+        future.release()
 
 
 def combine_edges(results: Sequence[PartitionResult], *, by_time: bool = False) -> pd.DataFrame:
