@@ -17,6 +17,7 @@ from typing import Final
 
 import numpy as np
 import pandas as pd
+from shapely.geometry import box
 
 from mora_models.benchmark.units import (
     TaskUnits,
@@ -26,7 +27,7 @@ from mora_models.benchmark.units import (
     zone_units,
 )
 from pipelines.config import CensusBoundaryConfig, IdPart, RegionConfig, TaskConfig
-from pipelines.constants import WGS84, ZONE_ID
+from pipelines.constants import H3_CELL, WGS84, ZONE_ID
 from pipelines.errors import ConfigError, SchemaError
 from pipelines.ids import normalise_ids
 from pipelines.tabular import ROW_NUMBER, parse_numbers, read_csv_text, require_columns
@@ -63,7 +64,7 @@ def load_task_units(
         units = zone_units(labels, zone_cells, rows_read)
         units.dropped.update(dropped)
     elif kind == "polygon":
-        units = _polygon_units(task, config)
+        units = _polygon_units(task, config, zone_cells)
     else:
         units = _located_units(task, config)
     _log_units(task, units)
@@ -142,8 +143,12 @@ def _id_labels(task: TaskConfig, config: RegionConfig) -> tuple[pd.Series, int, 
     return labels[~duplicated], rows_read, {key: n for key, n in dropped.items() if n}
 
 
-def _polygon_units(task: TaskConfig, config: RegionConfig) -> TaskUnits:
-    """Units are polygons: the label file's own, or ``boundaries`` joined on ``id``."""
+def _polygon_units(task: TaskConfig, config: RegionConfig, zone_cells: pd.DataFrame) -> TaskUnits:
+    """Units are polygons: the label file's own, or ``boundaries`` joined on ``id``.
+
+    Polygons outside the bounding box of the region's cells are left out
+    before the overlay, which is the slow step.
+    """
     from pipelines.vector import to_wgs84
 
     if task.boundaries is None:
@@ -165,6 +170,11 @@ def _polygon_units(task: TaskConfig, config: RegionConfig) -> TaskUnits:
         dropped["no_polygon"] = int((~values.index.isin(polygons[ZONE_ID])).sum())
     polygons = polygons.drop_duplicates(ZONE_ID)
     polygons = to_wgs84(polygons[[ZONE_ID, "geometry"]].set_geometry("geometry"))
+    bounds = _study_area_bounds(zone_cells)
+    if bounds is not None:
+        outside = ~polygons.intersects(box(*bounds))
+        dropped["outside_study_area"] = int(outside.sum())
+        polygons = polygons[~outside]
     values = values[values.index.isin(polygons[ZONE_ID])]
     units = polygon_units(polygons[polygons[ZONE_ID].isin(values.index)], values, config.resolution)
     units.rows_read = rows_read
@@ -173,6 +183,18 @@ def _polygon_units(task: TaskConfig, config: RegionConfig) -> TaskUnits:
     if outside:
         units.dropped["no_cell"] = outside
     return units
+
+
+def _study_area_bounds(zone_cells: pd.DataFrame) -> tuple[float, float, float, float] | None:
+    """Return the lon/lat bounding box of the region's cells, or None without cells."""
+    if zone_cells.empty:
+        return None
+    import shapely
+
+    from pipelines.tokenize import cell_polygons
+
+    cells = np.unique(zone_cells[H3_CELL].to_numpy("uint64"))
+    return tuple(shapely.total_bounds(cell_polygons(cells)))
 
 
 def _boundaries(task: TaskConfig, boundaries: CensusBoundaryConfig, config: RegionConfig):

@@ -87,6 +87,7 @@ class LinearProbe:
 
     The alpha is picked from ``alphas`` by efficient leave-one-out
     cross-validation on the training rows only, so no test row informs it.
+    Identical feature rows count as one row in that leave-one-out.
     """
 
     def __init__(self, alphas: tuple[float, ...] = DEFAULT_RIDGE_ALPHAS) -> None:
@@ -98,10 +99,27 @@ class LinearProbe:
         self._model: Pipeline | None = None
 
     def fit(self, features: ArrayLike, target: ArrayLike) -> Self:
-        """Fit the scaler and the ridge model on the training rows."""
+        """Fit the scaler and the ridge model on the training rows.
+
+        Identical feature rows (points in one cell share its embedding) are
+        collapsed to their mean target, weighted by their count. The ridge
+        fit is the same as on all rows, but leave-one-out then leaves out
+        every copy at once; with copies left in, it rewards a too-small alpha.
+        """
+        rows = np.asarray(features, dtype=np.float64)
+        values = np.asarray(target, dtype=np.float64)
+        unique, inverse, counts = np.unique(rows, axis=0, return_inverse=True, return_counts=True)
         self._model = make_pipeline(StandardScaler(), RidgeCV(alphas=self.alphas))
+        if len(unique) == len(rows):
+            self._model.fit(rows, values)
+            return self
+        means = np.bincount(inverse.ravel(), weights=values) / counts
+        weights = counts.astype(np.float64)
         self._model.fit(
-            np.asarray(features, dtype=np.float64), np.asarray(target, dtype=np.float64)
+            unique,
+            means,
+            standardscaler__sample_weight=weights,
+            ridgecv__sample_weight=weights,
         )
         return self
 

@@ -11,7 +11,8 @@ aggregates either):
 - a cell: itself, weight 1.
 
 A unit's features are the weighted mean of the features of its cells that
-have features; units none of whose cells has features are left out.
+have features; units with less than half their weight on such cells are
+left out.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from pipelines.errors import ConfigError, SchemaError
 logger = logging.getLogger(__name__)
 
 WEIGHT: Final = "overlap_km2"
+# Least share of a unit's area on cells with features for the unit to be scored.
+MIN_COVERAGE: Final = 0.5
 # Units quoted in error messages.
 _SHOWN: Final = 5
 
@@ -133,32 +136,42 @@ def polygon_units(polygons: gpd.GeoDataFrame, values: pd.Series, resolution: int
     return TaskUnits(labels, overlay[overlay[ZONE_ID].isin(labels.index)], "polygon", len(values))
 
 
-def unit_features(cell_features: pd.DataFrame, unit_cells: pd.DataFrame) -> pd.DataFrame:
+def unit_features(
+    cell_features: pd.DataFrame, unit_cells: pd.DataFrame, min_coverage: float = MIN_COVERAGE
+) -> pd.DataFrame:
     """Average cell features per unit, weighted by ``overlap_km2``.
 
     Args:
         cell_features: Feature columns indexed by ``h3_cell`` (uint64).
         unit_cells: ``zone_id, h3_cell, overlap_km2``.
+        min_coverage: Least share of a unit's weight that must fall on cells
+            with features. A tract that only touches the study area would
+            otherwise take the features of the few cells it shares with it.
 
     Returns:
-        Float64 features indexed by unit id; units without any featured cell
+        Float64 features indexed by unit id; units below ``min_coverage``
         are left out.
     """
     columns = [str(column) for column in cell_features.columns]
     values = cell_features.to_numpy(dtype=np.float64)
     position = pd.Series(np.arange(len(cell_features)), index=cell_features.index.astype("uint64"))
     joined = unit_cells[[ZONE_ID, H3_CELL, WEIGHT]].copy()
+    joined[ZONE_ID] = joined[ZONE_ID].astype(str)
+    unit_weight = joined.groupby(ZONE_ID, sort=True)[WEIGHT].sum()
     joined["row"] = position.reindex(joined[H3_CELL].astype("uint64").to_numpy()).to_numpy()
     joined = joined.dropna(subset=["row"])
     if joined.empty:
         return pd.DataFrame(columns=columns, dtype=np.float64)
     rows = joined["row"].to_numpy(dtype=np.int64)
     weights = joined[WEIGHT].to_numpy(dtype=np.float64)
-    codes, uniques = pd.factorize(joined[ZONE_ID].astype(str), sort=True)
+    codes, uniques = pd.factorize(joined[ZONE_ID], sort=True)
     sums = np.zeros((len(uniques), values.shape[1]))
     np.add.at(sums, codes, values[rows] * weights[:, None])
     totals = np.bincount(codes, weights=weights, minlength=len(uniques))
-    keep = totals > 0
+    coverage = totals / unit_weight.reindex(uniques).to_numpy()
+    keep = (totals > 0) & (coverage >= min_coverage)
+    if (~keep).any():
+        logger.debug("%d units fall below %.0f%% feature coverage", int((~keep).sum()), 100 * min_coverage)
     means = sums[keep] / totals[keep, None]
     return pd.DataFrame(means, index=pd.Index(uniques[keep], name=ZONE_ID), columns=columns)
 

@@ -102,3 +102,23 @@ def test_probe_options_validated():
         LinearProbe(alphas=(0.0, 1.0))
     with pytest.raises(ConfigError, match="n_jobs must be at least 1"):
         LightGBMProbe(n_jobs=0)
+
+
+def test_linear_probe_collapses_duplicate_rows():
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    generator = np.random.default_rng(3)
+    distinct = generator.normal(size=(40, 6))
+    copies = generator.integers(1, 30, size=40)
+    features = np.repeat(distinct, copies, axis=0)
+    target = features @ generator.normal(size=6) + generator.normal(scale=2.0, size=len(features))
+
+    probe = LinearProbe().fit(features, target)
+    # The fit equals ridge on every row, with the same alpha and the same
+    # (count-weighted) standardisation.
+    scaler = StandardScaler().fit(features)
+    reference = Ridge(alpha=probe.alpha).fit(scaler.transform(features), target)
+    np.testing.assert_allclose(
+        probe.predict(distinct), reference.predict(scaler.transform(distinct)), rtol=1e-8, atol=1e-8
+    )

@@ -33,18 +33,23 @@ def test_unit_features_weighted_mean():
     np.testing.assert_allclose(features.loc["b"].to_numpy(), cells.iloc[2].to_numpy())
 
 
-def test_unit_features_skip_cells_without_features():
+def test_unit_features_need_half_coverage():
     cells = _cells()
     unit_cells = pd.DataFrame(
         {
-            "zone_id": ["a", "a", "c"],
-            "h3_cell": np.array([cells.index[0], 12345, 67890], dtype="uint64"),
-            "overlap_km2": [1.0, 5.0, 1.0],
+            "zone_id": ["a", "a", "b", "b", "c"],
+            "h3_cell": np.array(
+                [cells.index[0], 12345, cells.index[1], 12345, 67890], dtype="uint64"
+            ),
+            "overlap_km2": [3.0, 1.0, 1.0, 5.0, 1.0],
         }
     )
     features = unit_features(cells, unit_cells)
+    # a: 75% of its area on featured cells; b: 17%; c: none.
     assert list(features.index) == ["a"]
     np.testing.assert_allclose(features.loc["a"].to_numpy(), cells.iloc[0].to_numpy())
+    loose = unit_features(cells, unit_cells, min_coverage=0.1)
+    assert list(loose.index) == ["a", "b"]
 
 
 def test_block_groups_by_prefix_and_parent():
