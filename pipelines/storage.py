@@ -149,7 +149,11 @@ def staging_dir(region_root: Path) -> Iterator[Path]:
     path.mkdir(parents=True)
     lock = (path / STAGING_LOCK_FILE).open("w")
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError as error:
+            # Cleaners then fall back to the directory's age.
+            logger.debug("no lock on %s (%s)", path, error)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
@@ -161,10 +165,9 @@ def remove_abandoned_staging(region_root: Path, older_than_seconds: float) -> in
 
     A directory is abandoned when its lock file can be locked, because the
     kernel releases a lock when its holder exits, however it died. A
-    directory without a lock file (its writer died right after creating it)
-    is removed once untouched for ``older_than_seconds``. Locks need a local
-    filesystem; on a network filesystem that ignores ``flock``, only the age
-    counts.
+    directory without a lock file (its writer died right after creating it),
+    or on a filesystem without ``flock`` support, is removed once untouched
+    for ``older_than_seconds``.
     """
     staging = region_root / STAGING_DIR
     if not staging.is_dir():
@@ -174,10 +177,8 @@ def remove_abandoned_staging(region_root: Path, older_than_seconds: float) -> in
     for entry in sorted(staging.iterdir()):
         if not entry.is_dir():
             continue
-        lock_path = entry / STAGING_LOCK_FILE
-        if lock_path.is_file():
-            abandoned = _lock_is_free(lock_path)
-        else:
+        abandoned = _lock_is_free(entry / STAGING_LOCK_FILE)
+        if abandoned is None:
             abandoned = entry.stat().st_mtime < cutoff
         if abandoned:
             shutil.rmtree(entry, ignore_errors=True)
@@ -186,7 +187,10 @@ def remove_abandoned_staging(region_root: Path, older_than_seconds: float) -> in
     return removed
 
 
-def _lock_is_free(lock_path: Path) -> bool:
+def _lock_is_free(lock_path: Path) -> bool | None:
+    """Return whether no process holds the lock, or None when that cannot be told."""
+    if not lock_path.is_file():
+        return None
     try:
         with lock_path.open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -196,6 +200,9 @@ def _lock_is_free(lock_path: Path) -> bool:
     except FileNotFoundError:
         # The writer finished and removed its directory meanwhile.
         return False
+    except OSError:
+        # A filesystem without flock support.
+        return None
     return True
 
 

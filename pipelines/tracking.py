@@ -2,8 +2,9 @@
 
 One parent run per pipeline run, with a nested run per stage. The tracking
 store is ``MLFLOW_TRACKING_URI`` when set (any MLflow server or database),
-else a SQLite database ``mlflow.db`` with artifacts in ``mlartifacts/``, both
-under the output root. Experiments are named ``mora/<region>``.
+else a SQLite database ``mlflow.db`` under the output root. Experiments are
+named ``mora/<region>``; a new one keeps its artifacts in ``mlartifacts/``
+under the output root, unless the store is an MLflow server, which decides.
 
 Credentials never reach MLflow or the logs: URIs are logged with their
 user and password removed, and params are taken from the config, which holds
@@ -30,20 +31,35 @@ logger = logging.getLogger(__name__)
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 EXPERIMENT_PREFIX = "mora/"
-_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+# The user information of a URI, up to its last "@" before the path, so that
+# an unescaped "@" inside a password is removed too.
+_CREDENTIALS = re.compile(r"(?<=://)[^/\s]*@")
+# Query parameters that carry credentials (``?token=...``, ``&password=...``).
+_SECRET_PARAMETERS = re.compile(
+    r"(?i)([?&;][\w.\-]*(?:password|passwd|pwd|secret|token|key|signature|credential)[\w.\-]*=)"
+    r"[^&;#\s]*"
+)
 _MAX_PARAM_CHARS = 500
+# Tracking URIs of an MLflow server, which stores artifacts where it is configured to.
+_SERVER_SCHEMES = ("http://", "https://", "databricks")
 # MLflow accepts letters, digits and _ - . space : / in metric and param names.
 _INVALID_NAME_CHARS = re.compile(r"[^0-9A-Za-z_\-. :/]+")
 
 
 def metric_name(name: str) -> str:
-    """Replace characters MLflow rejects in metric names, e.g. ``mora (shuffled)`` → ``mora_shuffled``."""
+    """Replace characters MLflow rejects in metric names.
+
+    For example ``mora (shuffled)`` becomes ``mora_shuffled``.
+    """
     return _INVALID_NAME_CHARS.sub("_", name).replace("_ ", "_").replace(" _", "_").strip("_ ")
 
 
 def redact_uri(uri: str) -> str:
-    """Remove ``user:password@`` from a URI before it is logged or stored."""
-    return _CREDENTIALS.sub("***@", uri)
+    """Replace ``user:password@`` and credential query values of a URI with ``***``.
+
+    Use it on every URI before it is logged or stored.
+    """
+    return _SECRET_PARAMETERS.sub(r"\1***", _CREDENTIALS.sub("***@", uri))
 
 
 def tracking_uri(output_root: Path) -> str:
@@ -105,12 +121,21 @@ class Tracker:
         self._mlflow = mlflow
         self.config = config
         output_root = config.region_root.parent
+        configured = os.environ.get(TRACKING_URI_ENV)
         uri = tracking_uri(output_root)
         mlflow.set_tracking_uri(uri)
+        if not configured:
+            # MLflow 3's set_tracking_uri also exports MLFLOW_TRACKING_URI. Left
+            # there, this region's default store would capture every later run
+            # of the process, and send its artifacts to ./mlruns.
+            os.environ.pop(TRACKING_URI_ENV, None)
         name = f"{EXPERIMENT_PREFIX}{config.name}"
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is None:
-            location = None if os.environ.get(TRACKING_URI_ENV) else artifact_root(output_root)
+            # A tracking server chooses where artifacts go; with a database
+            # store MLflow would pick ./mlruns in the working directory.
+            served = uri.startswith(_SERVER_SCHEMES)
+            location = None if served else artifact_root(output_root)
             experiment_id = mlflow.create_experiment(name, artifact_location=location)
         else:
             experiment_id = experiment.experiment_id

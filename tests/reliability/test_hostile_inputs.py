@@ -1,9 +1,9 @@
 """Corrupt and hostile inputs stop the CLI with one readable error and write nothing stray.
 
 Each case copies the tables of the shared run into a sandbox, so only the
-stage that reads the bad input runs, and replaces one input of the small New
-York config with a damaged copy of a real file (or a crafted one where no
-real file shows the fault). The CLI runs in-process for every case and as a
+stage that reads the bad input runs. It replaces one input of the small New
+York config with a damaged copy of a real file, or a crafted one where no
+real file shows the fault. The CLI runs in-process for every case and as a
 real subprocess for two of them.
 """
 
@@ -186,7 +186,7 @@ def damage_published_table(sandbox: Sandbox) -> tuple[dict, Path]:
 
 @dataclass(frozen=True)
 class Case:
-    """A bad input, the stage that reads it, and what the error must say."""
+    """A bad input, the stage that reads it, and the text its error must contain."""
 
     make: Callable[[Sandbox], tuple[dict, Path]]
     stage: str
@@ -261,7 +261,7 @@ def _prepare(sandbox: Sandbox, case: Case) -> tuple[Path, Path, dict, dict]:
 def _check_nothing_stray(sandbox: Sandbox, outside: dict, tables: dict) -> None:
     assert _snapshot(sandbox.base, skip=sandbox.outputs) == outside
     assert _snapshot(sandbox.region_root / TABLES_DIR, skip=sandbox.base / "none") == tables
-    # The output root holds the region and, once a run started, the MLflow store.
+    # The output root contains the region and, once a run started, the MLflow store.
     written = {path.name for path in sandbox.outputs.iterdir()}
     assert written <= {sandbox.region_root.name, "mlflow.db", "mlartifacts"}
     assert not (sandbox.base / "escaped").exists()
