@@ -1,19 +1,33 @@
-"""Census tables per zone, interpolated to H3 cells by areal weighting.
+"""Census tables per areal unit, interpolated to H3 cells by areal weighting.
+
+A table is keyed either by the region's zones or by a census geography with
+polygons of its own (``boundaries``: tracts, grid squares, postal areas; see
+:mod:`pipelines.census_boundaries`). Ids are kept as strings with their
+leading zeros. The table is a CSV, or the attributes of a vector file.
+
+Values are cleaned before any arithmetic, each with a flag:
+
+- ``annotation_code``: a ``missing_codes`` value (the ACS codes such as
+  -666666666 by default) becomes missing;
+- ``suppressed``: a ``suppressed_codes`` value in a ``suppressed_columns``
+  variable (99 in the Helsinki population grid's age groups) becomes missing;
+- ``top_coded``: a ``top_codes`` value (the ACS income cap 250001) is kept;
+- ``not_a_number``: text that is no number becomes missing; ``blank`` marks
+  an empty field.
 
 Extensive variables (counts of people or households) are split: a cell gets
-each overlapping zone's total times the zone's weight share in that cell,
-the same shares that spread mobility flows (population-weighted when a
-density raster is configured, area-weighted otherwise). Totals over cells
-equal totals over zones.
+each overlapping unit's total times the unit's weight share in that cell
+(density-weighted when a raster is configured, area-weighted otherwise), so
+totals over cells equal totals over units. Intensive variables (rates,
+shares, medians, densities) are averaged: a cell gets the mean of the
+overlapping units' values weighted by overlap area, over the units where the
+value is present.
 
-Intensive variables (rates, shares, medians, densities) are averaged: a cell
-gets the mean of the overlapping zones' values weighted by overlap area,
-over the zones where the value is present.
+Publishes per table:
 
-Values listed as ``missing_codes`` (such as the ACS annotation codes
--666666666 or a suppression marker) become missing before any arithmetic.
-
-Publishes ``census_<name>`` (key ``h3_cell``) per table.
+- ``census_<name>`` (key ``h3_cell``): the variables per cell.
+- ``census_zone_values`` (partition ``source=<name>``, key ``zone_id``): the
+  cleaned values per unit with a ``<variable>_flag`` column each.
 """
 
 from __future__ import annotations
@@ -23,6 +37,12 @@ import logging
 import numpy as np
 import pandas as pd
 
+from pipelines.census_boundaries import (
+    boundary_source,
+    boundary_weights,
+    overlay_boundaries,
+    read_boundaries,
+)
 from pipelines.config import CensusTableConfig
 from pipelines.constants import H3_CELL, ZONE_ID
 from pipelines.context import InputCount, StageContext, StageReport
@@ -40,11 +60,22 @@ from pipelines.storage import (
 )
 from pipelines.tabular import ROW_NUMBER, blank_rows, parse_numbers, read_csv_text, require_columns
 from pipelines.validate import enforce, validate_frame
-from pipelines.zones import ZONE_CELLS_TABLE, ZONES_TABLE
+from pipelines.vector import read_vector
+from pipelines.zones import CELLS_TABLE, ZONE_CELLS_TABLE, ZONES_TABLE
 
 logger = logging.getLogger(__name__)
 
 STAGE = "census"
+ZONE_VALUES_TABLE = "census_zone_values"
+
+# Value flags.
+ANNOTATION_CODE = "annotation_code"
+SUPPRESSED = "suppressed"
+TOP_CODED = "top_coded"
+NOT_A_NUMBER = "not_a_number"
+BLANK = "blank"
+
+_VECTOR_SUFFIXES = (".shp", ".gpkg", ".geojson", ".json", ".topojson", ".parquet", ".zip", ".fgb")
 
 
 def census_table(name: str) -> str:
@@ -52,16 +83,79 @@ def census_table(name: str) -> str:
     return f"census_{name}"
 
 
-def read_zone_values(
+def flag_column(variable: str) -> str:
+    """Return the name of a variable's flag column."""
+    return f"{variable}_flag"
+
+
+def read_table_text(context: StageContext, table: CensusTableConfig) -> pd.DataFrame:
+    """Read a census table with every column as text and a 1-based ``row_number``.
+
+    A vector file's attributes are the table (its geometry is dropped here).
+    """
+    path = context.input_path(table.input)
+    if not path.name.lower().endswith(_VECTOR_SUFFIXES):
+        return read_csv_text(path, source=table.input)
+    layer = read_vector(path, layer=table.layer, source=table.input)
+    attributes = pd.DataFrame(layer.drop(columns=layer.geometry.name)).reset_index(drop=True)
+    frame = attributes.astype("string")
+    frame.insert(0, ROW_NUMBER, np.arange(1, len(frame) + 1))
+    return frame
+
+
+def clean_values(
+    frame: pd.DataFrame, table: CensusTableConfig
+) -> tuple[pd.DataFrame, dict[str, dict[str, int]]]:
+    """Parse every variable to float, turning codes into missing values with flags.
+
+    Args:
+        frame: Text columns as read.
+        table: Which values are annotation, suppression and top codes.
+
+    Returns:
+        ``<variable>`` (float, missing where coded) and ``<variable>_flag``
+        (text or missing) per variable, aligned with ``frame``; and the count
+        of each flag per variable.
+    """
+    missing_codes = np.asarray(table.missing_codes, dtype="float64")
+    suppressed_codes = np.asarray(table.suppressed_codes, dtype="float64")
+    top_codes = np.asarray(table.top_codes, dtype="float64")
+    suppressed_columns = set(table.suppressed_columns or (table.extensive + table.intensive))
+    cleaned = pd.DataFrame(index=frame.index)
+    counts: dict[str, dict[str, int]] = {}
+    for variable in table.extensive + table.intensive:
+        text = frame[variable].astype("string").str.strip()
+        numbers = parse_numbers(text)
+        flags = pd.Series(pd.NA, index=frame.index, dtype="string")
+        blank = text.isna() | (text == "")
+        flags[blank.to_numpy()] = BLANK
+        flags[(~blank & numbers.isna()).to_numpy()] = NOT_A_NUMBER
+        coded = numbers.isin(missing_codes)
+        flags[coded.to_numpy()] = ANNOTATION_CODE
+        if variable in suppressed_columns:
+            suppressed = numbers.isin(suppressed_codes)
+            flags[suppressed.to_numpy()] = SUPPRESSED
+            coded |= suppressed
+        flags[numbers.isin(top_codes).to_numpy()] = TOP_CODED
+        cleaned[variable] = numbers.mask(coded)
+        cleaned[flag_column(variable)] = flags
+        counts[variable] = {str(k): int(v) for k, v in flags.value_counts().items()}
+        if counts[variable]:
+            logger.info("%s.%s: flagged values %s", table.name, variable, counts[variable])
+    return cleaned, counts
+
+
+def read_unit_values(
     context: StageContext, table: CensusTableConfig, quarantine: Quarantine
 ) -> tuple[pd.DataFrame, int]:
-    """Read a census table and return (values per zone, rows read).
+    """Read a census table and return (cleaned values per unit, rows read).
 
-    The result has ``zone_id`` and one float column per variable. Rows filtered
-    out by ``where`` count as read and are quarantined as ``filtered_out``, so
-    nothing leaves the accounting unseen.
+    The result has ``row_number``, ``zone_id`` and, per variable, the value
+    and its flag (see :func:`clean_values`). Blank rows, rows filtered out by
+    ``where`` and rows with an invalid id are quarantined, so every row read
+    is accounted for.
     """
-    frame = read_csv_text(context.input_path(table.input), source=table.input)
+    frame = read_table_text(context, table)
     rows_read = len(frame)
     variables = table.extensive + table.intensive
     require_columns(
@@ -100,34 +194,28 @@ def read_zone_values(
         values=ids.values[bad],
     )
     frame = frame[~bad]
-    values = pd.DataFrame({ROW_NUMBER: frame[ROW_NUMBER], ZONE_ID: ids.ids[~bad]})
-    codes = np.asarray(table.missing_codes, dtype="float64")
-    for variable in variables:
-        numbers = parse_numbers(frame[variable])
-        coded = numbers.isin(codes) if len(codes) else pd.Series(False, index=numbers.index)
-        if coded.any():
-            logger.info(
-                "%s: %d %s value(s) are missing-value codes", table.name, int(coded.sum()), variable
-            )
-        values[variable] = numbers.mask(coded)
-        values[f"{variable}_coded"] = coded.to_numpy()
+    cleaned, _ = clean_values(frame, table)
+    values = pd.concat(
+        [pd.DataFrame({ROW_NUMBER: frame[ROW_NUMBER], ZONE_ID: ids.ids[~bad]}), cleaned], axis=1
+    )
     return values, rows_read
 
 
 def interpolate(
     values: pd.DataFrame, table: CensusTableConfig, weights: pd.DataFrame, zone_cells: pd.DataFrame
 ) -> pd.DataFrame:
-    """Interpolate zone values to cells.
+    """Interpolate unit values to cells.
 
     Args:
         values: ``zone_id`` plus one column per variable.
         table: Which variables are extensive and which intensive.
-        weights: ``zone_id, h3_cell, weight_share`` (shares of a zone sum to 1).
+        weights: ``zone_id, h3_cell, weight_share``: the share of a unit's
+            total each cell gets.
         zone_cells: ``zone_id, h3_cell, overlap_km2``.
 
     Returns:
         One row per cell of ``zone_cells`` with every variable; a variable is
-        missing in a cell when every overlapping zone lacks it.
+        missing in a cell when every overlapping unit lacks it.
     """
     cells = pd.DataFrame({H3_CELL: np.unique(zone_cells[H3_CELL].to_numpy())})
     by_zone = values.set_index(ZONE_ID)
@@ -151,84 +239,134 @@ def interpolate(
     return cells
 
 
+def _reject(
+    quarantine: Quarantine, table: CensusTableConfig, values: pd.DataFrame, mask, rule: str
+) -> pd.DataFrame:
+    quarantine.add(
+        table.name,
+        row_numbers=values.loc[mask, ROW_NUMBER],
+        keys=values.loc[mask, ZONE_ID],
+        rules=rule,
+        values=values.loc[mask, ZONE_ID],
+    )
+    return values[~mask]
+
+
+def _density(context: StageContext, raster: str | None) -> pd.Series | None:
+    if raster is None:
+        return None
+    frame = pd.read_parquet(table_path(context.root, raster_table(raster)))
+    return frame.set_index(H3_CELL)[f"{raster}_mean"]
+
+
+def _units_and_weights(
+    context: StageContext, table: CensusTableConfig, quarantine: Quarantine, report: StageReport
+) -> tuple[pd.Index, pd.DataFrame, pd.DataFrame]:
+    """Return the unit ids, their cell weights and their overlaps with cells."""
+    if table.boundaries is None:
+        zone_ids = pd.read_parquet(table_path(context.root, ZONES_TABLE), columns=[ZONE_ID])
+        register_zone_weights(context, table.weight.raster, "census_weights")
+        weights = context.warehouse.execute("SELECT * FROM census_weights").df()
+        zone_cells = pd.read_parquet(table_path(context.root, ZONE_CELLS_TABLE))
+        return pd.Index(zone_ids[ZONE_ID]), weights, zone_cells
+
+    source = boundary_source(table)
+    polygons, rows_read = read_boundaries(context, table, quarantine)
+    cells = pd.read_parquet(table_path(context.root, CELLS_TABLE))
+    zone_cells, polygon_km2 = overlay_boundaries(
+        polygons, cells, context.config.resolution, quarantine, source
+    )
+    weights = boundary_weights(zone_cells, polygon_km2, _density(context, table.weight.raster))
+    used = int(zone_cells[ZONE_ID].nunique())
+    report.inputs.append(InputCount(source, rows_read, used, quarantine.count(source)))
+    return pd.Index(zone_cells[ZONE_ID].unique()), weights, zone_cells
+
+
 def run(context: StageContext) -> StageReport:
     """Interpolate every configured census table to cells."""
     report = StageReport(STAGE)
-    zones_manifest = read_manifest(context.root, ZONE_CELLS_TABLE)
     for table in context.config.census:
         name = census_table(table.name)
-        upstream = {"zone_cells": zones_manifest.get("sha256")}
+        partition = {"source": table.name}
+        upstream = {
+            "zone_cells": read_manifest(context.root, ZONE_CELLS_TABLE).get("sha256"),
+            "cells": read_manifest(context.root, CELLS_TABLE).get("sha256"),
+        }
         if table.weight.raster:
             upstream["raster"] = read_manifest(context.root, raster_table(table.weight.raster)).get(
                 "sha256"
             )
+        inputs = [table.input] + ([table.boundary_input] if table.boundary_input else [])
         fingerprint = context.fingerprint(
-            inputs=[table.input], extra={"table": table.model_dump(mode="json"), **upstream}
+            inputs=sorted(set(inputs)),
+            extra={"table": table.model_dump(mode="json"), **upstream},
         )
-        outputs = [(name, None), (QUARANTINE_TABLE, {"stage": STAGE, "source": table.name})]
+        outputs = [(name, None), (ZONE_VALUES_TABLE, partition)]
+        outputs += [(QUARANTINE_TABLE, {"stage": STAGE, "source": table.name})]
+        if table.boundaries is not None:
+            outputs += [(QUARANTINE_TABLE, {"stage": STAGE, "source": boundary_source(table)})]
         if not context.force and all(
             is_current(context.root, n, fingerprint, p) for n, p in outputs
         ):
             report.tables += [reuse_table(context.root, n, p) for n, p in outputs]
             continue
         quarantine = Quarantine(STAGE)
-        quarantine.start(table.name)
-        values, rows_read = read_zone_values(context, table, quarantine)
+        quarantine.start(table.name, table.input)
+        values, rows_read = read_unit_values(context, table, quarantine)
+        units, weights, zone_cells = _units_and_weights(context, table, quarantine, report)
 
-        zone_ids = pd.read_parquet(table_path(context.root, ZONES_TABLE), columns=[ZONE_ID])[
-            ZONE_ID
-        ]
-        unknown = ~values[ZONE_ID].isin(zone_ids)
-        quarantine.add(
-            table.name,
-            row_numbers=values.loc[unknown, ROW_NUMBER],
-            keys=values.loc[unknown, ZONE_ID],
-            rules="zone_not_in_study_area",
-            values=values.loc[unknown, ZONE_ID],
+        values = _reject(
+            quarantine, table, values, ~values[ZONE_ID].isin(units), "zone_not_in_study_area"
         )
-        values = values[~unknown]
-        duplicated = values[ZONE_ID].duplicated(keep="first")
-        quarantine.add(
-            table.name,
-            row_numbers=values.loc[duplicated, ROW_NUMBER],
-            keys=values.loc[duplicated, ZONE_ID],
-            rules="duplicate_zone_id",
-            values=values.loc[duplicated, ZONE_ID],
+        values = _reject(
+            quarantine, table, values, values[ZONE_ID].duplicated(keep="first"), "duplicate_zone_id"
         )
-        values = values[~duplicated]
-
-        register_zone_weights(context, table.weight.raster, "census_weights")
-        weights = context.warehouse.execute("SELECT * FROM census_weights").df()
-        zone_cells = pd.read_parquet(table_path(context.root, ZONE_CELLS_TABLE))
         cells = interpolate(values, table, weights, zone_cells)
-
-        variables = table.extensive + table.intensive
-        checked = cells.assign(value_min=cells[variables].min(axis=1, skipna=True))
-        enforce(validate_frame(checked, "census_features"), name)
-        report.tables.append(
-            publish_table(
-                context.root,
-                name,
-                cells,
-                sort_by=[H3_CELL],
-                fingerprint=fingerprint,
-                resolution=context.config.resolution,
-            )
-        )
+        report.tables += _publish(context, table, values, cells, fingerprint)
         report.tables += quarantine.publish(context.root, fingerprint)
         report.inputs.append(
             InputCount(table.name, rows_read, len(values), quarantine.count(table.name))
         )
-        for variable in table.extensive:
-            zone_total = float(values[variable].sum())
-            cell_total = float(cells[variable].sum())
-            report.metrics[f"{table.name}_{variable}_total"] = cell_total
-            logger.info(
-                "%s.%s: zone total %.6g, cell total %.6g",
-                table.name,
-                variable,
-                zone_total,
-                cell_total,
-            )
+        _log_totals(table, values, cells, report)
     report.check_counts()
     return report
+
+
+def _publish(context, table, values, cells, fingerprint):
+    variables = table.extensive + table.intensive
+    unit_values = values.drop(columns=[ROW_NUMBER]).reset_index(drop=True)
+    checked_units = unit_values.assign(value_min=unit_values[variables].min(axis=1, skipna=True))
+    enforce(
+        validate_frame(checked_units, "census_zone_values"), f"{ZONE_VALUES_TABLE}[{table.name}]"
+    )
+    checked = cells.assign(value_min=cells[variables].min(axis=1, skipna=True))
+    enforce(validate_frame(checked, "census_features"), census_table(table.name))
+    resolution = context.config.resolution
+    return [
+        publish_table(
+            context.root,
+            census_table(table.name),
+            cells,
+            sort_by=[H3_CELL],
+            fingerprint=fingerprint,
+            resolution=resolution,
+        ),
+        publish_table(
+            context.root,
+            ZONE_VALUES_TABLE,
+            unit_values,
+            sort_by=[ZONE_ID],
+            fingerprint=fingerprint,
+            partition={"source": table.name},
+        ),
+    ]
+
+
+def _log_totals(table, values, cells, report) -> None:
+    for variable in table.extensive:
+        zone_total = float(values[variable].sum())
+        cell_total = float(cells[variable].sum())
+        report.metrics[f"{table.name}_{variable}_total"] = cell_total
+        logger.info(
+            "%s.%s: unit total %.6g, cell total %.6g", table.name, variable, zone_total, cell_total
+        )

@@ -748,9 +748,9 @@ class ModelSettings(_Strict):
     line_epochs: int = Field(default=5, ge=0)
     line_batch_size: int = Field(default=4096, ge=1)
     line_negatives: int = Field(default=5, ge=1)
-    # ``statistics``: per-cell band statistics through a linear tower;
-    # ``chips``: image chips around each cell through the CNN tower.
-    imagery_input: Literal["statistics", "chips"] = "statistics"
+    # ``chips``: the image chips of each cell through the CNN tower;
+    # ``statistics``: the per-cell band statistics through a linear tower.
+    imagery_input: Literal["statistics", "chips"] = "chips"
 
 
 class TrainingSettings(_Strict):

@@ -6,7 +6,9 @@ Publishes:
   mobility source summed per cell pair, then sparsified: each origin keeps its
   ``min(degree, max(min_top_k, ceil(top_k_share * degree)))`` strongest
   outgoing links, ties broken by the smaller destination cell.
-- ``features_poi``: ``log1p`` of POI counts per category (column
+- ``features_poi``: the mean sentence-encoder vector of the cell's POIs
+  (``poi_text_000`` … ``poi_text_383``) when the POI stage published
+  ``poi_text``; otherwise ``log1p`` of POI counts per category (column
   ``poi__<category>``).
 - ``features_census``: census variables (``log1p`` of extensive ones) and the
   statistics of rasters assigned to the census modality.
@@ -28,9 +30,9 @@ from pipelines.census import census_table
 from pipelines.constants import DESTINATION_CELL, H3_CELL, ORIGIN_CELL
 from pipelines.context import StageContext, StageReport
 from pipelines.errors import ValidationError
-from pipelines.imagery import raster_table
+from pipelines.imagery import raster_table, statistic_columns
 from pipelines.mobility import EDGES_TABLE
-from pipelines.poi import COUNTS_TABLE
+from pipelines.poi import COUNTS_TABLE, TEXT_TABLE
 from pipelines.resources import read_sql
 from pipelines.storage import (
     PublishedTable,
@@ -41,6 +43,7 @@ from pipelines.storage import (
     reuse_table,
     table_path,
 )
+from pipelines.text_features import TEXT_PREFIX
 from pipelines.validate import enforce, validate_parquet
 
 logger = logging.getLogger(__name__)
@@ -123,7 +126,10 @@ def _modality(context: StageContext, modality: str, name: str) -> PublishedTable
     config = context.config
     parts: list[tuple[str, str | None]] = []
     if modality == "poi" and config.poi:
-        parts.append((COUNTS_TABLE, None))
+        # The POI stage removes poi_text when text features are off, so a
+        # present table is current.
+        has_text = table_path(context.root, TEXT_TABLE).is_file()
+        parts.append((TEXT_TABLE if has_text else COUNTS_TABLE, None))
     if modality == "census":
         parts += [(census_table(table.name), None) for table in config.census]
     parts += [
@@ -142,8 +148,11 @@ def _modality(context: StageContext, modality: str, name: str) -> PublishedTable
         frame = pd.read_parquet(table_path(context.root, part))
         if part == COUNTS_TABLE:
             frame = _poi_matrix(frame)
+        elif part == TEXT_TABLE:
+            frame = frame[[H3_CELL, *(c for c in frame.columns if c.startswith(TEXT_PREFIX))]]
         elif raster_name is not None:
-            frame = _raster_columns(frame, raster_name)
+            raster = next(raster for raster in config.imagery if raster.name == raster_name)
+            frame = _raster_columns(frame, statistic_columns(raster, _STATISTICS))
         else:
             frame = _census_columns(frame, config, part)
         frames.append(frame.set_index(H3_CELL))
@@ -179,8 +188,7 @@ def _poi_matrix(counts: pd.DataFrame) -> pd.DataFrame:
     return matrix.reset_index()
 
 
-def _raster_columns(frame: pd.DataFrame, raster_name: str) -> pd.DataFrame:
-    columns = [f"{raster_name}_{statistic}" for statistic in _STATISTICS]
+def _raster_columns(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     selected = frame[[H3_CELL, *columns]].copy()
     # Densities and counts are skewed; signed log1p keeps zero and sign.
     selected[columns] = np.sign(selected[columns]) * np.log1p(np.abs(selected[columns]))

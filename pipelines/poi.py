@@ -1,33 +1,48 @@
-"""POI ingestion: point layers to per-cell category counts.
+"""POI ingestion: places from tables, vector files and OSM extracts to per-cell features.
 
-Each configured source is read with its coordinate columns, checked (see
-:mod:`pipelines.tokenize`), indexed to H3 cells and given a category
-``<label>:<value>`` (``hospital:general_acute_care``) or just ``<label>``.
+Each configured source is read by its reader (see :mod:`pipelines.poi_readers`):
+a CSV with coordinate columns or a WKT geometry column, a vector file
+(GeoJSON, GeoPackage, Shapefile, GeoParquet) or an OpenStreetMap extract.
+Lines and polygons are placed at their representative point. Coordinates are
+moved to EPSG:4326, checked (see :mod:`pipelines.tokenize`) and indexed to H3
+cells; each place gets a category from the region's taxonomy (see
+:mod:`pipelines.poi_taxonomy`) and a sentence of its name and category.
 
 Publishes:
 
 - ``poi_points`` (partition ``source=<name>``, key ``row_number``): every
-  accepted point with its cell, category and name.
-- ``poi_counts`` (key ``h3_cell, category``): points per cell and category,
+  accepted place with its cell, coordinates, category, matched tag, name and
+  sentence. A source whose places are all rejected gets a 0-row partition
+  with the same schema.
+- ``poi_counts`` (key ``h3_cell, category``): places per cell and category,
   over all sources.
+- ``poi_text`` (key ``h3_cell``): the mean frozen sentence-encoder vector
+  of the cell's places (``poi_text_000`` … ``poi_text_383``), their count and
+  the norm of the mean. Published only when the encoder is installed and
+  ``poi_features.text_encoder`` is ``auto``; otherwise an earlier ``poi_text``
+  is removed, so the features stage falls back to category counts.
 
-Points with missing or out-of-range coordinates, or outside the study area's
-cells, are quarantined.
+Places with a missing, unreadable or out-of-range position, or outside the
+study area's cells, are quarantined with the reason.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 
 import numpy as np
 import pandas as pd
-from pyproj import CRS, Transformer
+import pyarrow as pa
 
 from pipelines.config import PoiSourceConfig
-from pipelines.constants import H3_CELL, WGS84
+from pipelines.constants import H3_CELL
 from pipelines.context import InputCount, StageContext, StageReport
+from pipelines.poi_readers import PlaceCandidates, read_places
+from pipelines.poi_taxonomy import Taxonomy, category_slug
 from pipelines.storage import (
     QUARANTINE_TABLE,
+    PublishedTable,
     Quarantine,
     is_current,
     publish_query,
@@ -37,13 +52,13 @@ from pipelines.storage import (
     table_dir,
     table_path,
 )
-from pipelines.tabular import ROW_NUMBER, parse_numbers, read_csv_text, require_columns
-from pipelines.tokenize import (
-    OUTSIDE_STUDY_AREA,
-    check_coordinates,
-    points_to_cells,
-    refuse_swapped_axes,
+from pipelines.tabular import ROW_NUMBER
+from pipelines.text_features import (
+    cell_mean_vectors,
+    encode_sentences,
+    load_text_encoder,
 )
+from pipelines.tokenize import OUTSIDE_STUDY_AREA, check_coordinates, points_to_cells
 from pipelines.validate import enforce, validate_frame
 from pipelines.zones import CELLS_TABLE
 
@@ -52,90 +67,125 @@ logger = logging.getLogger(__name__)
 STAGE = "poi"
 POINTS_TABLE = "poi_points"
 COUNTS_TABLE = "poi_counts"
+TEXT_TABLE = "poi_text"
 CATEGORY = "category"
 
+__all__ = [
+    "CATEGORY",
+    "COUNTS_TABLE",
+    "POINTS_TABLE",
+    "TEXT_TABLE",
+    "category_slug",
+    "place_points",
+    "run",
+]
 
-def category_slug(values: pd.Series) -> pd.Series:
-    """Lower-case category values with runs of other characters as ``_``."""
-    text = values.astype("string").str.strip().str.lower()
-    return text.str.replace(r"[^a-z0-9]+", "_", regex=True).str.strip("_")
+POINTS_SCHEMA = pa.schema(
+    [
+        (ROW_NUMBER, pa.int64()),
+        ("feature_id", pa.string()),
+        (H3_CELL, pa.uint64()),
+        ("lon", pa.float64()),
+        ("lat", pa.float64()),
+        (CATEGORY, pa.string()),
+        ("source_tag", pa.string()),
+        ("name", pa.string()),
+        ("sentence", pa.string()),
+    ]
+)
 
 
-def read_points(
+def place_points(
     source: PoiSourceConfig,
-    frame: pd.DataFrame,
+    places: PlaceCandidates,
     resolution: int,
     cells: pd.Index,
     quarantine: Quarantine,
+    taxonomy: Taxonomy,
 ) -> pd.DataFrame:
-    """Check, index and categorise one source's points.
+    """Check, index and categorise one source's places.
+
+    Args:
+        source: The source's config.
+        places: The reader's output, with lon/lat in EPSG:4326.
+        resolution: H3 resolution.
+        cells: The study area's cells.
+        quarantine: Receives every rejected place with its reason.
+        taxonomy: The region's category taxonomy.
 
     Returns:
-        Accepted points: ``row_number``, ``h3_cell``, ``category``, ``name``.
+        Accepted places with the columns of :data:`POINTS_SCHEMA`.
     """
-    columns = [source.lon, source.lat] + [c for c in (source.category, source.text) if c]
-    require_columns(frame, columns, source=source.input)
-    x = parse_numbers(frame[source.lon]).to_numpy()
-    y = parse_numbers(frame[source.lat]).to_numpy()
-    crs = CRS.from_user_input(source.crs)
-    if not crs.equals(CRS.from_user_input(WGS84)):
-        x, y = Transformer.from_crs(crs, WGS84, always_xy=True).transform(x, y)
-    refuse_swapped_axes(x, y, source=source.input, lat_column=source.lat)
-    checked = check_coordinates(x, y)
+    frame = places.frame
+    raw_values = places.raw_values
 
-    rejected = ~checked.valid
-    raw_values = (
-        source.lon
-        + "="
-        + frame[source.lon].fillna("<missing>")
-        + ", "
-        + source.lat
-        + "="
-        + frame[source.lat].fillna("<missing>")
+    rejected_by_reader = frame["reason"].notna().to_numpy()
+    quarantine.add(
+        source.name,
+        row_numbers=frame.loc[rejected_by_reader, ROW_NUMBER],
+        keys=frame.loc[rejected_by_reader, "feature_id"],
+        rules=frame.loc[rejected_by_reader, "reason"],
+        values=raw_values[rejected_by_reader],
     )
+    frame = frame[~rejected_by_reader]
+    raw_values = raw_values[~rejected_by_reader]
+
+    checked = check_coordinates(frame["lon"].to_numpy(), frame["lat"].to_numpy())
+    rejected = ~checked.valid
     quarantine.add(
         source.name,
         row_numbers=frame.loc[rejected, ROW_NUMBER],
-        keys=frame.loc[rejected, source.text] if source.text else [None] * int(rejected.sum()),
+        keys=frame.loc[rejected, "feature_id"],
         rules=checked.reasons[rejected],
         values=raw_values[rejected],
     )
-    accepted = frame[~rejected]
-    point_cells = points_to_cells(checked.lon[~rejected], checked.lat[~rejected], resolution)
+    frame = frame[~rejected].copy()
+    raw_values = raw_values[~rejected]
+    frame["lon"] = checked.lon[~rejected]
+    frame["lat"] = checked.lat[~rejected]
+    point_cells = points_to_cells(frame["lon"].to_numpy(), frame["lat"].to_numpy(), resolution)
 
     outside = ~np.isin(point_cells, cells.to_numpy())
     quarantine.add(
         source.name,
-        row_numbers=accepted.loc[outside, ROW_NUMBER],
-        keys=accepted.loc[outside, source.text] if source.text else [None] * int(outside.sum()),
+        row_numbers=frame.loc[outside, ROW_NUMBER],
+        keys=frame.loc[outside, "feature_id"],
         rules=OUTSIDE_STUDY_AREA,
-        values=raw_values[~rejected][outside],
+        values=raw_values[outside],
     )
-    accepted = accepted[~outside]
-    if source.category:
-        slug = category_slug(accepted[source.category]).fillna("unknown").replace("", "unknown")
-        category = source.label + ":" + slug
-    else:
-        category = pd.Series(source.label, index=accepted.index, dtype="string")
+    frame = frame[~outside]
+    labelled = taxonomy.label(frame, source)
     return pd.DataFrame(
         {
-            ROW_NUMBER: accepted[ROW_NUMBER].astype("int64"),
+            ROW_NUMBER: frame[ROW_NUMBER].astype("int64").to_numpy(),
+            "feature_id": frame["feature_id"].astype("string").to_numpy(),
             H3_CELL: point_cells[~outside],
-            CATEGORY: category.astype("string"),
-            "name": accepted[source.text].astype("string") if source.text else pd.NA,
+            "lon": frame["lon"].to_numpy(dtype="float64"),
+            "lat": frame["lat"].to_numpy(dtype="float64"),
+            CATEGORY: labelled.category.to_numpy(),
+            "source_tag": labelled.source_tag.to_numpy(),
+            "name": frame["name"].astype("string").to_numpy(),
+            "sentence": labelled.sentence.to_numpy(),
         }
     )
 
 
+def _points_arrow(points: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(points, schema=POINTS_SCHEMA, preserve_index=False)
+
+
 def run(context: StageContext) -> StageReport:
-    """Ingest every POI source and count points per cell and category."""
+    """Ingest every POI source, count places per cell and category, and encode their text."""
     report = StageReport(STAGE)
+    config = context.config
     cells_manifest = read_manifest(context.root, CELLS_TABLE)
+    taxonomy = Taxonomy.from_config(config.poi_features)
     cells = None
-    for source in context.config.poi:
+    for source in config.poi:
         partition = {"source": source.name}
         fingerprint = context.fingerprint(
             inputs=[source.input],
+            sections=["poi_features"],
             extra={"source": source.model_dump(mode="json"), "cells": cells_manifest.get("sha256")},
         )
         outputs = [(POINTS_TABLE, partition), (QUARANTINE_TABLE, {"stage": STAGE, **partition})]
@@ -147,45 +197,53 @@ def run(context: StageContext) -> StageReport:
         if cells is None:
             cells = pd.Index(pd.read_parquet(table_path(context.root, CELLS_TABLE))[H3_CELL])
         quarantine = Quarantine(STAGE)
-        quarantine.start(source.name)
-        frame = read_csv_text(context.input_path(source.input), source=source.input)
-        points = read_points(source, frame, context.config.resolution, cells, quarantine)
+        quarantine.start(source.name, source.input)
+        places = read_places(context.input_path(source.input), source)
+        points = place_points(source, places, config.resolution, cells, quarantine, taxonomy)
         enforce(validate_frame(points, "poi_points"), f"{POINTS_TABLE}[{source.name}]")
         report.tables.append(
             publish_table(
                 context.root,
                 POINTS_TABLE,
-                points,
+                _points_arrow(points),
                 sort_by=[ROW_NUMBER],
                 fingerprint=fingerprint,
                 partition=partition,
-                resolution=context.config.resolution,
+                resolution=config.resolution,
             )
         )
         report.tables += quarantine.publish(context.root, fingerprint)
         report.inputs.append(
-            InputCount(source.name, len(frame), len(points), quarantine.count(source.name))
+            InputCount(source.name, len(places.frame), len(points), quarantine.count(source.name))
         )
+        report.metrics[f"{source.name}_points"] = float(len(points))
     report.check_counts()
-    if context.config.poi:
-        report.tables.append(_publish_counts(context, report))
+    if config.poi:
+        report.tables.append(_publish_counts(context))
+        text = _publish_text(context)
+        if text is not None:
+            report.tables.append(text)
+            report.metrics["poi_text_cells"] = float(text.rows)
     return report
 
 
-def _publish_counts(context: StageContext, report: StageReport):
+def _points_files(context: StageContext) -> list[str]:
     names = [source.name for source in context.config.poi]
-    parts = [table_path(context.root, POINTS_TABLE, {"source": name}) for name in names]
-    fingerprint = context.fingerprint(
-        extra={
-            "points": [
-                read_manifest(context.root, POINTS_TABLE, {"source": n}).get("sha256")
-                for n in names
-            ]
-        }
-    )
+    return [str(table_path(context.root, POINTS_TABLE, {"source": name})) for name in names]
+
+
+def _points_shas(context: StageContext) -> list[str | None]:
+    return [
+        read_manifest(context.root, POINTS_TABLE, {"source": source.name}).get("sha256")
+        for source in context.config.poi
+    ]
+
+
+def _publish_counts(context: StageContext) -> PublishedTable:
+    fingerprint = context.fingerprint(extra={"points": _points_shas(context)})
     if not context.force and is_current(context.root, COUNTS_TABLE, fingerprint):
         return reuse_table(context.root, COUNTS_TABLE)
-    files = ", ".join(f"'{path}'" for path in parts)
+    files = ", ".join(f"'{path}'" for path in _points_files(context))
     query = (
         f"SELECT h3_cell, category, count(*)::BIGINT AS poi_count "
         f"FROM read_parquet([{files}]) GROUP BY h3_cell, category"
@@ -197,6 +255,42 @@ def _publish_counts(context: StageContext, report: StageReport):
         context.warehouse,
         query,
         sort_by=[H3_CELL, CATEGORY],
+        fingerprint=fingerprint,
+        resolution=context.config.resolution,
+    )
+
+
+def _publish_text(context: StageContext) -> PublishedTable | None:
+    """Publish per-cell mean sentence vectors, or remove a stale table when text is off."""
+    settings = context.config.poi_features
+    encoder = load_text_encoder() if settings.text_encoder == "auto" else None
+    if encoder is None:
+        stale = table_dir(context.root, TEXT_TABLE)
+        if stale.exists():
+            logger.info("removing %s: POI text features are off for this run", stale)
+            shutil.rmtree(stale)
+        if settings.text_encoder == "none":
+            logger.info("POI text features are off (poi_features.text_encoder: none)")
+        return None
+    fingerprint = context.fingerprint(
+        extra={"points": _points_shas(context), "encoder": encoder.identity}
+    )
+    if not context.force and is_current(context.root, TEXT_TABLE, fingerprint):
+        return reuse_table(context.root, TEXT_TABLE)
+    files = ", ".join(f"'{path}'" for path in _points_files(context))
+    points = context.warehouse.execute(
+        f"SELECT h3_cell, sentence FROM read_parquet([{files}]) ORDER BY h3_cell, sentence"
+    ).df()
+    vectors = encode_sentences(
+        encoder, points["sentence"].astype(str).tolist(), batch_size=settings.text_batch_size
+    )
+    table = cell_mean_vectors(points[H3_CELL].to_numpy(dtype="uint64"), vectors)
+    enforce(validate_frame(table, "poi_text"), TEXT_TABLE)
+    return publish_table(
+        context.root,
+        TEXT_TABLE,
+        table,
+        sort_by=[H3_CELL],
         fingerprint=fingerprint,
         resolution=context.config.resolution,
     )

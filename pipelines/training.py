@@ -38,6 +38,7 @@ from pipelines.constants import (
 from pipelines.context import StageContext, StageReport
 from pipelines.errors import ConfigError
 from pipelines.features import GRAPH_TABLE, MODALITY_TABLES
+from pipelines.imagery import CHIPS_TABLE, chip_modality
 from pipelines.storage import (
     PublishedTable,
     is_current,
@@ -46,6 +47,7 @@ from pipelines.storage import (
     reuse_table,
     table_path,
 )
+from pipelines.text_features import TEXT_PREFIX
 from pipelines.zones import ZONE_CELLS_TABLE
 
 logger = logging.getLogger(__name__)
@@ -146,9 +148,11 @@ def model_settings(context: StageContext, variant: Variant, features: dict):
     from mora_models.trainer import TrainConfig
 
     settings = context.config.model
-    # POI features are log category counts here, not text-encoder vectors,
-    # so their tower is an MLP rather than the linear projection.
-    towers = {"poi": "mlp"} if "poi" in features else {}
+    # Frozen text-encoder vectors of POIs get the linear tower; log category
+    # counts (the fallback without the encoder) get an MLP.
+    towers = {}
+    if "poi" in features and not any(str(c).startswith(TEXT_PREFIX) for c in features["poi"]):
+        towers["poi"] = "mlp"
     model_config = ModelConfig(
         dim=settings.dim,
         num_layers=settings.num_layers,
@@ -218,7 +222,7 @@ def run_variant(
         raise ConfigError(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
     variant = VARIANTS[name]
     partition = {"variant": name}
-    upstream = [GRAPH_TABLE, ZONE_CELLS_TABLE, *MODALITY_TABLES.values()]
+    upstream = [GRAPH_TABLE, ZONE_CELLS_TABLE, *MODALITY_TABLES.values(), CHIPS_TABLE]
     fingerprint = context.fingerprint(
         sections=["model", "training"],
         extra={
@@ -240,6 +244,9 @@ def run_variant(
 
     edges, features = load_inputs(context, variant)
     data = GraphData.from_tables(edges, features)
+    if "imagery" in data.modalities and context.config.model.imagery_input == "chips":
+        # The CNN tower reads image chips instead of the band statistics.
+        data.modalities["imagery"] = chip_modality(context.root, context.config, data.cell_ids)
     model_config, train_config = model_settings(context, variant, features)
     checkpoints = safe_child(context.root, "checkpoints", name, fingerprint[:16])
     train_config = replace(train_config, checkpoint_dir=checkpoints, resume=resume)
