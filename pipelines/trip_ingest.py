@@ -15,6 +15,14 @@ settings, the study area, the code), so re-running after one day's file
 changed rebuilds that day only, then the roll-up. Partitions whose file is
 gone are removed. With a Dask client the partitions are processed as Dask
 tasks; the result files are byte-identical to a single-process run.
+
+Checks: before a partition is published, DuckDB checks the rules of the
+``trip_edges`` suite on it (keys present and unique, flows positive). Great
+Expectations then runs that suite once over all partitions rebuilt in the
+run, in batches of up to 5 million rows, and the ``mobility_edges`` suite on
+the roll-up; a failure stops the run before the roll-up is published. One
+Great Expectations call costs about a second of Python work whatever its
+size, so a call per daily partition would cost more than indexing a day.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import logging
 import shutil
 from collections.abc import Callable, Sequence
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
 
@@ -62,7 +71,7 @@ from pipelines.trips import (
     process_partition,
     process_partitions_dask,
 )
-from pipelines.validate import enforce, validate_frame, validate_parquet
+from pipelines.validate import DEFAULT_BATCH_ROWS, enforce, validate_frame, validate_parquet
 from pipelines.zones import CELLS_TABLE
 
 logger = logging.getLogger(__name__)
@@ -205,6 +214,8 @@ def ingest(
             )
             logger.info("%s: partition %s done (%d/%d)", source.name, result.label, done, len(todo))
 
+    if pending:
+        validate_partitions(context, source.name, [partition.label for partition, _ in pending])
     _remove_stale(context, source.name, [partition.label for partition in partitions])
     published.append(_roll_up(context, source.name, [p.label for p in partitions], report))
     report.metrics[f"{source.name}_partitions"] = len(partitions)
@@ -226,16 +237,7 @@ def _publish_partition(
     report: StageReport,
     source_file: str,
 ) -> list[PublishedTable]:
-    table_name = f"{TRIP_EDGES_TABLE}[{name}/{result.label}]"
-    edges = result.edges.to_pandas()
-    if len(edges):
-        validation = validate_frame(edges, TRIP_EDGES_TABLE, batch_key=ORIGIN_CELL)
-        if validation.rejected_rows:
-            raise ValidationError(
-                f"{table_name}: {len(validation.rejected_rows)} edges broke row-level rules of "
-                f"suite {TRIP_EDGES_TABLE!r} after cleaning; this is a bug in mora"
-            )
-        enforce(validation, table_name)
+    check_edges(result.edges, f"{TRIP_EDGES_TABLE}[{name}/{result.label}]")
     published = [
         publish_table(
             context.root,
@@ -265,6 +267,66 @@ def _publish_partition(
     )
     report.check_counts()
     return published
+
+
+def check_edges(edges: pa.Table, table_name: str) -> None:
+    """Check the ``trip_edges`` rules on one partition in DuckDB.
+
+    Raises:
+        ValidationError: A key is missing or repeated, or a flow or trip count
+            is not positive; the aggregation SQL prevents all of these, so a
+            failure is a bug in mora.
+    """
+    connection = duckdb.connect()
+    try:
+        connection.register("edges", edges)
+        missing, repeated, bad_flow, bad_trips = connection.execute(
+            "SELECT count(*) FILTER (origin_cell IS NULL OR destination_cell IS NULL), "
+            "count(*) - count(DISTINCT (origin_cell, destination_cell, time_bucket)), "
+            "count(*) FILTER (NOT flow > 0), count(*) FILTER (NOT trips >= 1) FROM edges"
+        ).fetchall()[0]
+    finally:
+        connection.close()
+    if missing or repeated or bad_flow or bad_trips:
+        raise ValidationError(
+            f"{table_name}: {missing} edges without a cell, {repeated} repeated keys, "
+            f"{bad_flow} non-positive flows and {bad_trips} non-positive trip counts after "
+            "aggregation; this is a bug in mora"
+        )
+
+
+def validate_partitions(context: StageContext, name: str, labels: Sequence[str]) -> None:
+    """Run the ``trip_edges`` suite over the given partitions of a source.
+
+    Partitions are read with a ``part`` column and validated together in
+    batches of at most :data:`pipelines.validate.DEFAULT_BATCH_ROWS` rows.
+
+    Raises:
+        ValidationError: A table-level rule failed.
+    """
+    frames: list[pd.DataFrame] = []
+    rows = 0
+
+    def flush() -> None:
+        if not frames:
+            return
+        batch = pd.concat(frames, ignore_index=True)
+        enforce(
+            validate_frame(batch, TRIP_EDGES_TABLE, batch_key=PARTITION_KEY),
+            f"{TRIP_EDGES_TABLE}[{name}]",
+        )
+        frames.clear()
+
+    for label in labels:
+        path = table_path(context.root, TRIP_EDGES_TABLE, {"source": name, PARTITION_KEY: label})
+        frame = pd.read_parquet(path)
+        frame.insert(0, PARTITION_KEY, label)
+        if rows + len(frame) > DEFAULT_BATCH_ROWS:
+            flush()
+            rows = 0
+        frames.append(frame)
+        rows += len(frame)
+    flush()
 
 
 def _remove_stale(context: StageContext, name: str, labels: Sequence[str]) -> None:

@@ -267,3 +267,27 @@ def test_point_weights_follow_points(region, cases_dir, tmp_path):
     # the overlay's equal-area and H3's spherical cell areas.
     ratio = by_origin.loc[np.uint64(heavy)] / by_origin.loc[np.uint64(light)]
     assert ratio == pytest.approx(2.0, rel=1e-4)
+
+
+def test_partition_checks_catch_bad_edges():
+    import pyarrow as pa
+
+    from pipelines.errors import ValidationError
+    from pipelines.trip_ingest import check_edges
+
+    good = pa.table(
+        {
+            "origin_cell": pa.array([1, 1], pa.uint64()),
+            "destination_cell": pa.array([2, 3], pa.uint64()),
+            "time_bucket": pa.array([None, None], pa.timestamp("us", tz="UTC")),
+            "flow": [1.0, 2.0],
+            "trips": [1, 2],
+        }
+    )
+    check_edges(good, "good")
+    repeated = good.set_column(1, "destination_cell", pa.array([2, 2], pa.uint64()))
+    with pytest.raises(ValidationError, match="1 repeated keys"):
+        check_edges(repeated, "repeated")
+    zero = good.set_column(3, "flow", pa.array([0.0, 2.0]))
+    with pytest.raises(ValidationError, match="1 non-positive flows"):
+        check_edges(zero, "zero")
