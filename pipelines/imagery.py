@@ -30,6 +30,7 @@ Publishes ``raster_<name>`` (key ``h3_cell``) per raster, and
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -500,7 +501,24 @@ def _chip_rasters(config: RegionConfig) -> list[RasterConfig]:
 
 
 def run(context: StageContext) -> StageReport:
-    """Summarise every configured raster per study-area cell and cut image chips."""
+    """Summarise every configured raster per study-area cell and cut image chips.
+
+    When ``MORA_DASK_SCHEDULER`` names a Dask scheduler, the window tasks run
+    on its cluster; otherwise on local threads.
+    """
+    from pipelines.mobility import DASK_SCHEDULER_ENV
+
+    address = os.environ.get(DASK_SCHEDULER_ENV)
+    if not address:
+        return _run(context)
+    from dask.distributed import Client
+
+    logger.info("running raster windows on the Dask scheduler at %s", address)
+    with Client(address):
+        return _run(context)
+
+
+def _run(context: StageContext) -> StageReport:
     report = StageReport(STAGE)
     cells_manifest = read_manifest(context.root, CELLS_TABLE)
     cells = None

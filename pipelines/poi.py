@@ -15,7 +15,7 @@ Publishes:
   sentence. A source whose places are all rejected gets a 0-row partition
   with the same schema.
 - ``poi_counts`` (key ``h3_cell, category``): places per cell and category,
-  over all sources.
+  over all sources, checked by its suite before it is published.
 - ``poi_text`` (key ``h3_cell``): the mean frozen sentence-encoder vector
   of the cell's places (``poi_text_000`` … ``poi_text_383``), their count and
   the norm of the mean. Published only when the encoder is installed and
@@ -59,7 +59,7 @@ from pipelines.text_features import (
     load_text_encoder,
 )
 from pipelines.tokenize import OUTSIDE_STUDY_AREA, check_coordinates, points_to_cells
-from pipelines.validate import enforce, validate_frame
+from pipelines.validate import enforce, validate_frame, validate_parquet
 from pipelines.zones import CELLS_TABLE
 
 logger = logging.getLogger(__name__)
@@ -249,6 +249,10 @@ def _publish_counts(context: StageContext) -> PublishedTable:
         f"FROM read_parquet([{files}]) GROUP BY h3_cell, category"
     )
     logger.debug("counting POIs from %s", table_dir(context.root, POINTS_TABLE))
+
+    def check(staged):
+        enforce(validate_parquet(staged, "poi_counts", batch_key=H3_CELL), COUNTS_TABLE)
+
     return publish_query(
         context.root,
         COUNTS_TABLE,
@@ -257,6 +261,7 @@ def _publish_counts(context: StageContext) -> PublishedTable:
         sort_by=[H3_CELL, CATEGORY],
         fingerprint=fingerprint,
         resolution=context.config.resolution,
+        check=check,
     )
 
 

@@ -159,3 +159,22 @@ def test_stage_report_and_rerun(seurasaari):
     assert report.metrics["sentinel2_cells_covered"] >= 3
     rerun = imagery.run(StageContext(config))
     assert all(table.reused for table in rerun.tables)
+
+
+def test_distributed_scheduler_same_tables(seurasaari, monkeypatch):
+    from dask.distributed import LocalCluster
+
+    from pipelines.mobility import DASK_SCHEDULER_ENV
+
+    config, context, _ = seurasaari
+    local = pd.read_parquet(table_path(context.root, raster_table("sentinel2")))
+    local_chips = pd.read_parquet(table_path(context.root, CHIPS_TABLE))
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster:
+        monkeypatch.setenv(DASK_SCHEDULER_ENV, cluster.scheduler_address)
+        report = imagery.run(StageContext(config, force=True))
+
+    assert not any(table.reused for table in report.tables)
+    distributed = pd.read_parquet(table_path(context.root, raster_table("sentinel2")))
+    pd.testing.assert_frame_equal(local, distributed)
+    chips = pd.read_parquet(table_path(context.root, CHIPS_TABLE))
+    pd.testing.assert_frame_equal(local_chips.drop(columns="chip"), chips.drop(columns="chip"))
