@@ -281,3 +281,39 @@ def test_helsinki_grid_suppression(tmp_path):
     published = cells.set_index(H3_CELL)["ASUKKAITA"]
     for cell in sample:
         assert published[cell] == pytest.approx(expected[cell], rel=1e-3)
+
+
+def test_cell_shaped_polygons_exact():
+    # Polygon A is exactly one H3 cell and polygon B exactly its two
+    # neighbours, so every total and rate must land on those cells alone.
+    centre = h3.latlng_to_cell(48.2, 16.35, 8)
+    first, second = sorted(h3.grid_ring(centre, 1))[:2]
+    shapes = {
+        cell: shapely.Polygon([(x, y) for y, x in h3.cell_to_boundary(cell)])
+        for cell in (centre, first, second)
+    }
+    polygons = gpd.GeoDataFrame(
+        {ZONE_ID: ["A", "B"], "row_number": [1, 2]},
+        geometry=[shapes[centre], shapely.union(shapes[first], shapes[second])],
+        crs=WGS84,
+    )
+    values = pd.DataFrame({ZONE_ID: ["A", "B"], "people": [100.0, 60.0], "rate": [0.2, 0.6]})
+    table = _table(extensive=["people"], intensive=["rate"])
+    quarantine = Quarantine("census")
+    quarantine.start("literal", "literal.geojson")
+
+    study = _all_cells(polygons, 8)
+    zone_cells, polygon_km2 = overlay_boundaries(polygons, study, 8, quarantine, "literal")
+    weights = boundary_weights(zone_cells, polygon_km2, None)
+    cells = interpolate(values, table, weights, zone_cells).set_index(H3_CELL)
+
+    ids = {name: h3.str_to_int(name) for name in (centre, first, second)}
+    area = {name: h3.cell_area(name, unit="km^2") for name in (first, second)}
+    assert cells.loc[ids[centre], "people"] == pytest.approx(100.0, rel=1e-6)
+    for name in (first, second):
+        expected = 60.0 * area[name] / (area[first] + area[second])
+        assert cells.loc[ids[name], "people"] == pytest.approx(expected, rel=1e-4)
+        assert cells.loc[ids[name], "rate"] == pytest.approx(0.6, rel=1e-6)
+    assert cells.loc[ids[centre], "rate"] == pytest.approx(0.2, rel=1e-6)
+    others = ~cells.index.isin(list(ids.values()))
+    assert cells.loc[others, "people"].fillna(0.0).sum() == pytest.approx(0.0, abs=1e-6)

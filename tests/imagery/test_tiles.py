@@ -187,3 +187,19 @@ def test_oversized_raster_rejected(tmp_path):
 def test_missing_band_rejected(cases_dir):
     with pytest.raises(InputFormatError, match=r"band\(s\) \[2\] requested"):
         open_tile(cases_dir / TILE_A, RasterConfig(name="s", input="x", band=2), source=TILE_A)
+
+
+def test_rotated_tile_mosaic_north_up(tmp_path):
+    transform = Affine.translation(16.3, 48.22) @ Affine.rotation(20) @ Affine.scale(0.002, -0.002)
+    values = np.arange(30 * 40, dtype="float32").reshape(1, 30, 40)
+    path = write_raster(tmp_path / "rotated.tif", values, transform=transform)
+    tile = open_tile(path, RASTER, source="rotated")
+
+    mosaic = mosaic_tiles([tile], crs="EPSG:4326", resolution=0.0005)
+
+    north_up = mosaic.rio.transform()
+    assert north_up.b == 0 and north_up.d == 0
+    for row, col in [(5, 7), (15, 20), (25, 33)]:
+        lon, lat = transform @ (col + 0.5, row + 0.5)
+        sampled = mosaic.sel(x=lon, y=lat, method="nearest").values[0]
+        assert sampled == values[0, row, col]
