@@ -238,8 +238,8 @@ def sample_subgraph(
     """Gather the K-hop neighbourhood that LightGCN needs for a batch of nodes.
 
     With ``fanout=None`` every neighbour is kept and the batch's LightGCN output
-    equals full propagation. Otherwise each node keeps ``fanout`` neighbours
-    drawn uniformly without replacement, and their weights are scaled by
+    equals full propagation. Otherwise a node with more than ``fanout``
+    neighbours keeps ``fanout`` draws, uniform with replacement, weighted by
     ``degree / fanout`` so the layer output is an unbiased estimate. A node
     keeps the same draw in every layer of one call.
 
@@ -319,42 +319,56 @@ def _sample_rows(
     fanout: int | None,
     generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return (row, column, value) of the kept entries in the frontier's rows."""
+    """Return (row, column, value) of the kept entries in the frontier's rows.
+
+    Rows with at most ``fanout`` entries are kept whole. A longer row gets
+    ``fanout`` entries drawn uniformly with replacement, each weighted by
+    ``count / fanout``, so the work is O(fanout) per row even for hubs with
+    millions of entries, and the row's product stays an unbiased estimate.
+    """
     starts = adjacency.crow_indices[frontier]
     counts = adjacency.crow_indices[frontier + 1] - starts
-    device = frontier.device
-    rows = torch.repeat_interleave(frontier, counts)
-    offsets = torch.arange(int(counts.sum()), device=device) - torch.repeat_interleave(
+    whole = torch.ones_like(counts, dtype=torch.bool) if fanout is None else counts <= fanout
+    rows, entries = _row_entries(frontier[whole], starts[whole], counts[whole])
+    values = adjacency.values[entries]
+    if fanout is None or bool(whole.all()):
+        return rows, adjacency.col_indices[entries], values
+
+    long_rows = frontier[~whole]
+    long_counts = counts[~whole]
+    uniform = torch.rand(len(long_rows), fanout, generator=generator, dtype=torch.float64)
+    picks = (uniform.to(frontier.device) * long_counts.unsqueeze(1)).long()
+    drawn = (starts[~whole].unsqueeze(1) + picks.clamp_(max=long_counts.unsqueeze(1) - 1)).flatten()
+    scale = (long_counts.double() / fanout).float().repeat_interleave(fanout)
+    rows = torch.cat([rows, long_rows.repeat_interleave(fanout)])
+    entries = torch.cat([entries, drawn])
+    values = torch.cat([values, adjacency.values[drawn] * scale])
+    return rows, adjacency.col_indices[entries], values
+
+
+def _row_entries(
+    rows: torch.Tensor, starts: torch.Tensor, counts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expand CSR rows into one (row, entry position) pair per stored entry."""
+    offsets = torch.arange(int(counts.sum()), device=rows.device) - torch.repeat_interleave(
         torch.cumsum(counts, 0) - counts, counts
     )
     entries = torch.repeat_interleave(starts, counts) + offsets
-    cols = adjacency.col_indices[entries]
-    values = adjacency.values[entries]
-    if fanout is None or len(entries) == 0:
-        return rows, cols, values
-
-    # Uniform draw without replacement: rank each row's entries by a random key.
-    keys = torch.rand(len(entries), generator=generator).to(device)
-    group = torch.repeat_interleave(torch.arange(len(frontier), device=device), counts)
-    order = torch.argsort(keys)
-    order = order[torch.argsort(group[order], stable=True)]
-    # Sorting by (row, key) leaves each row's block where it was, so sorted
-    # position p has rank offsets[p] within its row.
-    keep = order[offsets < fanout]
-    kept_counts = counts.clamp(max=fanout)
-    scale = (counts.double() / kept_counts.clamp(min=1).double()).float()
-    row_scale = torch.repeat_interleave(scale, counts)
-    return rows[keep], cols[keep], values[keep] * row_scale[keep]
+    return torch.repeat_interleave(rows, counts), entries
 
 
 def _coo_to_csr(
     rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, num_rows: int, num_cols: int
 ) -> torch.Tensor:
-    order = torch.argsort(rows * num_cols + cols)
-    counts = torch.bincount(rows, minlength=num_rows)
+    """Build a CSR matrix, summing repeated (row, column) entries."""
+    keys, inverse = torch.unique(rows * num_cols + cols, sorted=True, return_inverse=True)
+    summed = torch.zeros(len(keys), dtype=values.dtype, device=values.device)
+    summed.index_add_(0, inverse, values)
+    unique_rows = keys // num_cols
+    counts = torch.bincount(unique_rows, minlength=num_rows)
     crow = torch.zeros(num_rows + 1, dtype=torch.int64, device=rows.device)
     crow[1:] = torch.cumsum(counts, 0)
-    return csr_tensor(crow, cols[order], values[order], num_rows, num_cols)
+    return csr_tensor(crow, keys % num_cols, summed, num_rows, num_cols)
 
 
 def csr_tensor(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -60,6 +61,7 @@ logger = logging.getLogger(__name__)
 # Options that must match between a checkpoint and the run that resumes it;
 # max_epochs may grow, and device and paths may change.
 _RESUME_KEYS = ("lr", "weight_decay", "batch_size", "patience", "val_share", "seed")
+_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 # Random streams derived from the seed, one per purpose.
 _STREAM_SPLIT, _STREAM_SHUFFLE, _STREAM_SAMPLE = range(3)
 
@@ -112,6 +114,11 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.weight_decay must be >= 0, found {self.weight_decay}")
         if not 0 <= self.val_share < 1:
             raise ConfigError(f"TrainConfig.val_share must be in [0, 1), found {self.val_share}")
+        if not _DEVICE_PATTERN.fullmatch(self.device):
+            raise ConfigError(
+                "TrainConfig.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
+                f"found {self.device!r}"
+            )
         if self.resume and self.checkpoint_dir is None:
             raise ConfigError("TrainConfig.resume is True but checkpoint_dir is None; set both")
 
@@ -430,8 +437,8 @@ def _split_cells(
     num_val = round(config.val_share * len(trainable))
     if num_val < MIN_PAIR_CELLS:
         raise ConfigError(
-            f"TrainConfig.val_share {config.val_share} gives {num_val} validation cells of "
-            f"{len(trainable)} trainable cells, but validation needs at least {MIN_PAIR_CELLS}. "
+            f"TrainConfig.val_share {config.val_share} leaves {num_val} of {len(trainable)} "
+            f"trainable cells for validation, but validation needs at least {MIN_PAIR_CELLS}. "
             "Raise val_share, or set it to 0 to train without early stopping"
         )
     order = torch.randperm(len(trainable), generator=_generator(config.seed, _STREAM_SPLIT))
