@@ -49,27 +49,47 @@ def read_csv_text(path: Path, *, source: str, delimiter: str | None = None) -> p
             unterminated quote, a wrong number of fields); the message names
             the file and the line.
     """
-    header, delimiter = read_header(path, source=source, delimiter=delimiter)
-    columns = ", ".join(f"{_sql_text(name)}: 'VARCHAR'" for name in header)
-    query = (
-        "SELECT * FROM read_csv($path, auto_detect = false, header = true, strict_mode = true, "
-        f"delim = $delimiter, quote = '\"', escape = '\"', columns = {{{columns}}})"
-    )
+    scan, parameters = csv_scan(path, source=source, delimiter=delimiter)
     connection = duckdb.connect()
     try:
         # Row numbers follow the file only when the scan keeps its order.
         connection.execute("SET preserve_insertion_order = true")
-        frame = connection.execute(query, {"path": str(path), "delimiter": delimiter}).df()
+        frame = connection.execute(f"SELECT * FROM {scan}", parameters).df()
     except duckdb.Error as error:
-        raise InputFormatError(
-            f"{source}: cannot parse {path} as delimited text: {_describe_csv_error(error)}. "
-            "Fix that line of the file (quoting, number of fields, encoding)."
-        ) from error
+        raise csv_parse_error(path, source, error) from error
     finally:
         connection.close()
     frame = frame.astype("string")
     frame.insert(0, ROW_NUMBER, range(1, len(frame) + 1))
     return frame
+
+
+def csv_scan(
+    path: Path, *, source: str, delimiter: str | None = None
+) -> tuple[str, dict[str, str]]:
+    """Return a strict DuckDB ``read_csv`` call for a file, and its parameters.
+
+    Every column is read as text under the names of the file's header, with
+    RFC 4180 quoting and no dialect guessing (see :func:`read_csv_text`).
+
+    Raises:
+        InputFormatError: See :func:`read_header`.
+    """
+    header, delimiter = read_header(path, source=source, delimiter=delimiter)
+    columns = ", ".join(f"{_sql_text(name)}: 'VARCHAR'" for name in header)
+    scan = (
+        "read_csv($path, auto_detect = false, header = true, strict_mode = true, "
+        f"delim = $delimiter, quote = '\"', escape = '\"', columns = {{{columns}}})"
+    )
+    return scan, {"path": str(path), "delimiter": delimiter}
+
+
+def csv_parse_error(path: Path, source: str, error: duckdb.Error) -> InputFormatError:
+    """Return the error to raise when DuckDB fails to parse a delimited text file."""
+    return InputFormatError(
+        f"{source}: cannot parse {path} as delimited text: {_describe_csv_error(error)}. "
+        "Fix that line of the file (quoting, number of fields, encoding)."
+    )
 
 
 def read_header(path: Path, *, source: str, delimiter: str | None = None) -> tuple[list[str], str]:

@@ -103,6 +103,13 @@ class _Validator:
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
+        # Some GX modules set INFO on their own loggers on import; let them
+        # inherit the WARNING set above instead.
+        for name, item in logging.root.manager.loggerDict.items():
+            if not name.startswith("great_expectations.") or not isinstance(item, logging.Logger):
+                continue
+            if logging.NOTSET < item.level < logging.WARNING:
+                item.setLevel(logging.NOTSET)
         self._gx = gx
         self.context = gx.get_context(mode="ephemeral")
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)

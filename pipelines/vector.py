@@ -44,10 +44,12 @@ def read_vector(
         source: Name used in messages (defaults to the path).
 
     Raises:
-        InputFormatError: The file cannot be read as a vector layer.
+        InputFormatError: The file is empty or cannot be read as a vector layer.
         CRSError: Neither the file nor the config gives a CRS, or they disagree.
     """
     source = source or str(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputFormatError(f"{source}: {path} is empty; expected a vector layer")
     try:
         if path.suffix.lower() == ".parquet":
             frame = gpd.read_parquet(path)

@@ -20,13 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import geopandas as gpd
+import pandas as pd
 import pytest
 import yaml
 from reliability_helpers import FAST_OVERRIDES, REPO_ROOT, SMALL_CONFIG
 
 from pipelines import cli, datasets
 from pipelines.datasets import file_sha256
+from pipelines.errors import InputFormatError
+from pipelines.partitions import InputPartition, read_partitions
 from pipelines.storage import TABLES_DIR
+from pipelines.tabular import read_csv_text
 
 # File line (1-based, header is line 1) that gets an unterminated quote.
 BROKEN_LINE = 1_000
@@ -198,7 +202,7 @@ CASES = {
     "truncated_parquet": Case(write_truncated_geoparquet, "zones", "Parquet"),
     "broken_quote_csv": Case(write_broken_quote_csv, "mobility", "unterminated quote"),
     "empty_csv": Case(write_empty_csv, "census", "is empty"),
-    "empty_vector": Case(write_empty_vector, "zones", "cannot read"),
+    "empty_vector": Case(write_empty_vector, "zones", "is empty"),
     "not_a_geotiff": Case(write_not_a_geotiff, "imagery", "cannot read"),
     "huge_raster": Case(write_huge_raster, "imagery", f"{HUGE_SIDE_PIXELS} x {HUGE_SIDE_PIXELS}"),
     "dotdot_region_name": Case(write_dotdot_region, "zones", "not a valid name"),
@@ -313,7 +317,7 @@ def _run_cli_process(sandbox: Sandbox, arguments: list[str]) -> subprocess.Compl
     )
 
 
-def _check_process(sandbox: Sandbox, name: str) -> None:
+def _check_process(sandbox: Sandbox, name: str) -> subprocess.CompletedProcess:
     case = CASES[name]
     config, bad_file, outside, tables = _prepare(sandbox, case)
     # Library caches (matplotlib's font list, MLflow's settings) may appear
@@ -335,12 +339,76 @@ def _check_process(sandbox: Sandbox, name: str) -> None:
     assert home_entries <= {".cache", ".config"}
     assert list((sandbox.base / "tmp").iterdir()) == []
     assert _snapshot(sandbox.region_root / TABLES_DIR, skip=sandbox.base / "none") == tables
+    return finished
 
 
 def test_cli_process_reports_broken_csv(sandbox):
-    _check_process(sandbox, "broken_quote_csv")
+    finished = _check_process(sandbox, "broken_quote_csv")
+    # With --quiet, the error is the only line.
+    assert len(finished.stderr.splitlines()) == 1, finished.stderr
 
 
 @pytest.mark.slow
 def test_cli_process_reports_huge_raster(sandbox):
     _check_process(sandbox, "huge_raster")
+
+
+# Readers, without the CLI.
+
+TAXI_TRIPS = "nyc/mobility/taxi_sample.csv"
+
+
+def _damaged_copy(tmp_path: Path, line: int, change: Callable[[str], str]) -> Path:
+    lines = datasets.fetch(TAXI_TRIPS).read_text(encoding="utf-8").split("\n")
+    lines[line - 1] = change(lines[line - 1])
+    path = tmp_path / "taxi_damaged.csv"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda line: '"' + line, "unterminated quote"),
+        (lambda line: line + ",extra", "Expected Number of Columns"),
+    ],
+    ids=["broken_quote", "extra_field"],
+)
+def test_readers_reject_damaged_line(tmp_path, change, expected):
+    path = _damaged_copy(tmp_path, 100, change)
+    partition = InputPartition(label="taxi", reference=TAXI_TRIPS, path=path)
+    with pytest.raises(InputFormatError, match=expected) as raised:
+        read_partitions([partition], source="taxi")
+    assert str(path) in str(raised.value)
+    assert "Line: 100" in str(raised.value)
+    with pytest.raises(InputFormatError, match=expected):
+        read_csv_text(path, source="taxi")
+
+
+def test_csv_reader_keeps_real_rows(tmp_path):
+    original = read_csv_text(datasets.fetch(TAXI_TRIPS), source="taxi")
+    rows = pd.read_csv(datasets.fetch(TAXI_TRIPS), dtype=str, keep_default_na=False)
+    assert len(original) == len(rows)
+    assert list(original.columns[1:]) == list(rows.columns)
+    # A leading "#" is data, not a comment line to skip.
+    path = _damaged_copy(tmp_path, 2, lambda line: "#" + line)
+    assert len(read_csv_text(path, source="taxi")) == len(rows)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"\n\nid,value\n1,2\n", "contains no column name"),
+        (b",,\n1,2,3\n", "contains no column name"),
+        (b"id,id\n1,2\n", "repeats column name"),
+        (b"id,value\n1,caf\xe9\n", "UTF-8"),
+        (b"id,value\x00\n1,2\n", "NUL bytes"),
+    ],
+    ids=["blank_first_line", "empty_names", "repeated_name", "latin1", "binary"],
+)
+def test_csv_reader_rejects_malformed_header(tmp_path, content, expected):
+    path = tmp_path / "table.csv"
+    path.write_bytes(content)
+    with pytest.raises(InputFormatError, match=expected) as raised:
+        read_csv_text(path, source="table")
+    assert str(path) in str(raised.value)

@@ -12,12 +12,13 @@ import geopandas as gpd
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from reliability_helpers import run_small
 
 from pipelines import datasets
 from pipelines.constants import QUARANTINE_COLUMNS
 from pipelines.context import InputCount, StageReport
 from pipelines.errors import MoraError
-from pipelines.runner import INGEST_STAGES
+from pipelines.runner import INGEST_STAGES, STAGES
 from pipelines.storage import (
     QUARANTINE_TABLE,
     Quarantine,
@@ -184,3 +185,17 @@ def test_quarantine_rows_of_two_files(tmp_path):
     assert rows["source_file"].tolist() == ["flows/index.csv", "flows/matrix.npy"]
     manifest = read_manifest(tmp_path, QUARANTINE_TABLE, {"stage": "mobility", "source": "flows"})
     assert json.dumps(manifest["columns"]).count("source_file") == 1
+
+
+@pytest.mark.slow
+def test_full_run_balances_every_stage(tmp_path, clean_environment):
+    run = run_small(tmp_path, stages=STAGES)
+    assert [report.stage for report in run.result.reports] == list(STAGES)
+    quarantine = read_quarantine(run.root)
+    for report in run.result.reports:
+        for count in report.inputs:
+            assert count.read == count.published + count.quarantined, (report.stage, count)
+            rows = quarantine[
+                (quarantine["stage"] == report.stage) & (quarantine["source"] == count.source)
+            ]
+            assert len(rows) == count.quarantined, (report.stage, count)
