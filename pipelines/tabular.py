@@ -100,7 +100,7 @@ def read_header(path: Path, *, source: str, delimiter: str | None = None) -> tup
 
     Raises:
         InputFormatError: The file is missing, empty, not UTF-8 text, or its
-            first line holds no column name or repeats one.
+            first line contains no column name or repeats one.
     """
     if not path.is_file():
         raise InputFormatError(f"{source}: {path} is not a file")
