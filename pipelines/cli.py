@@ -38,6 +38,8 @@ def _configure_logging(verbosity: int) -> None:
     # These libraries log every metric or request at INFO.
     for noisy in ("great_expectations", "alembic", "mlflow", "urllib3", "numexpr"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # MLflow resets its logger's level on import, to this variable's value.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(max(level, logging.WARNING)))
 
 
 def _load(args: argparse.Namespace):

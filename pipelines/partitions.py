@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from pipelines import datasets
 from pipelines.config import RegionConfig
 from pipelines.errors import DataNotFoundError, InputFormatError, SchemaError
-from pipelines.tabular import ROW_NUMBER
+from pipelines.tabular import ROW_NUMBER, csv_parse_error, csv_scan, read_header
 
 logger = logging.getLogger(__name__)
 
@@ -166,20 +166,8 @@ def read_schema(partition: InputPartition) -> pa.Schema:
                 f"{partition.reference}: cannot read the Parquet schema of {partition.path}: "
                 f"{error}"
             ) from error
-    connection = duckdb.connect()
-    try:
-        described = connection.execute(
-            "DESCRIBE SELECT * FROM read_csv($path, all_varchar = true, header = true)",
-            {"path": str(partition.path)},
-        ).fetchall()
-    except duckdb.Error as error:
-        raise InputFormatError(
-            f"{partition.reference}: cannot read {partition.path} as CSV: "
-            f"{str(error).splitlines()[0]}"
-        ) from error
-    finally:
-        connection.close()
-    return pa.schema([(_clean_name(row[0]), pa.string()) for row in described])
+    header, _ = read_header(partition.path, source=partition.reference)
+    return pa.schema([(name, pa.string()) for name in header])
 
 
 def _clean_name(name: str) -> str:
@@ -383,20 +371,15 @@ def _raw_batches(
     # Row numbers must follow the file, so the scan keeps the file's order.
     connection.execute("SET preserve_insertion_order = true")
     try:
-        relation = connection.sql(
-            "SELECT * FROM read_csv($path, all_varchar = true, header = true, strict_mode = true)",
-            params={"path": str(partition.path)},
-        )
+        # A strict scan: a guessed dialect can turn a broken quote into a value.
+        scan, parameters = csv_scan(partition.path, source=partition.reference)
+        relation = connection.sql(f"SELECT * FROM {scan}", params=parameters)
         reader = relation.to_arrow_reader(batch_rows)
         for batch in reader:
             renamed = batch.rename_columns([_clean_name(name) for name in batch.schema.names])
             yield renamed
     except duckdb.Error as error:
-        raise InputFormatError(
-            f"{partition.reference}: cannot parse {partition.path} as CSV: "
-            f"{str(error).splitlines()[0]}. Check the quoting and the number of fields on the "
-            "line it names."
-        ) from error
+        raise csv_parse_error(partition.path, partition.reference, error) from error
     finally:
         connection.close()
 
