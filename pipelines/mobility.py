@@ -14,8 +14,8 @@ Zone flows are spread over the zone's cells in proportion to a weight. The
 weight of an overlap of zone and cell is one of: the population a density
 raster puts in it; the points of a point layer in the cell times the share
 of the cell the overlap covers; or the overlap's area, when neither is
-configured or the weight puts nothing in the zone. The flow from zone *i* to zone *j* becomes, for every
-cell *a* of *i* and *b* of *j*::
+configured or the weight puts nothing in the zone. The flow from zone *i*
+to zone *j* becomes, for every cell *a* of *i* and *b* of *j*::
 
     flow(a → b) += flow(i → j) · share_i(a) · share_j(b)
 
@@ -47,8 +47,10 @@ from pipelines.config import (
     MobilityConfig,
     OdMatrixConfig,
     OdTableConfig,
+    PingsConfig,
     PointLayerConfig,
     RegionConfig,
+    TripsConfig,
     WeightConfig,
 )
 from pipelines.constants import DESTINATION_CELL, DESTINATION_ZONE, FLOW, ORIGIN_CELL, ORIGIN_ZONE
@@ -346,14 +348,13 @@ def read_od_matrix(context: StageContext, source: OdMatrixConfig, quarantine: Qu
 
 def source_inputs(config: RegionConfig, source: MobilityConfig) -> list[str]:
     """Return every input file a mobility source reads, globs expanded (for data versions)."""
-    if source.kind in ("trips", "pings"):
+    if isinstance(source, TripsConfig | PingsConfig):
         from pipelines.partitions import discover_partitions
 
         partitions = discover_partitions(config, source.input, source=source.name)
         references = [partition.reference for partition in partitions]
-        stations = getattr(source, "stations", None)
-        if stations is not None:
-            references.append(stations.input)
+        if isinstance(source, TripsConfig) and source.stations is not None:
+            references.append(source.stations.input)
         return references
     references = [source.input]
     if isinstance(source, OdMatrixConfig):
