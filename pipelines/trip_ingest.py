@@ -19,10 +19,11 @@ tasks; the result files are byte-identical to a single-process run.
 Checks: before a partition is published, DuckDB checks the rules of the
 ``trip_edges`` suite on it (keys present and unique, flows positive). Great
 Expectations then runs that suite once over all partitions rebuilt in the
-run, in batches of up to 5 million rows, and the ``mobility_edges`` suite on
-the roll-up; a failure stops the run before the roll-up is published. One
-Great Expectations call costs about a second of Python work whatever its
-size, so a call per daily partition would cost more than indexing a day.
+run, in batches of up to 5 million rows. It runs the ``mobility_edges``
+suite on the roll-up, and a failure stops the run before the roll-up is
+published. One Great Expectations call costs about a second of Python work
+whatever its size, so a call per daily partition would cost more than
+indexing a day.
 """
 
 from __future__ import annotations
