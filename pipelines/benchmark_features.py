@@ -118,7 +118,7 @@ def srai_hex2vec_features(region_root: Path) -> pd.DataFrame | None:
     """Train srai's Hex2Vec on the POI categories per cell; None when srai is unavailable.
 
     Every POI of ``poi_counts`` becomes one feature with its category as
-    the only tag, so Hex2Vec sees the same category counts as the POI tower.
+    the only tag, so Hex2Vec reads the same category counts as the POI tower.
     """
     reason = srai_available()
     if reason is not None:

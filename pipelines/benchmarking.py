@@ -12,7 +12,7 @@ unit's cells (see :mod:`mora_models.benchmark.units`):
 Relative gains compare each non-baseline model with the best baseline of
 each task (``h3_adjacency`` and the feature baselines).
 
-A task whose label is derived from data the model sees is rejected before
+A task whose label is derived from data the model reads is rejected before
 anything is read or fitted (:func:`check_leakage`): for example population
 density while the model reads a population raster.
 
@@ -71,7 +71,7 @@ US_COUNTY_LABEL_SOURCES: dict[str, list[str]] = {
         *[f"{_PEP}:NETMIG{year}" for year in _PEP_YEARS],
     ],
     # Population per km². GPW is itself a population density, so a model
-    # that reads it sees the label measured another way.
+    # that reads it gets the label measured another way.
     "population_density_per_km2": [f"{_PEP}:POPESTIMATE2010", _GPW],
 }
 MANHATTAN_LABEL_SOURCES: dict[str, list[str]] = {
@@ -81,7 +81,7 @@ MANHATTAN_LABEL_SOURCES: dict[str, list[str]] = {
 
 
 def model_inputs(config: RegionConfig) -> dict[str, set[str] | None]:
-    """Return each input the model sees with the columns it reads (None: the whole file).
+    """Return each input the model reads, with the columns it reads (None: the whole file).
 
     Inputs that only weight flows or totals across cells (rasters and point
     layers under ``weight``) count too, because they shape what the model reads.
@@ -242,7 +242,11 @@ def label_task(
         )
     raw = (name or target).lower()
     cleaned = "".join(c if c.isalnum() or c in "_-" else "_" for c in raw).strip("_-") or "task"
-    scale = "point" if lon else "grid" if h3 else "region"
+    scale = "region"
+    if lon:
+        scale = "point"
+    elif h3:
+        scale = "grid"
     try:
         return TaskConfig(
             name=cleaned[:64],

@@ -6,7 +6,7 @@ Scaling curves are fitted to the unexplained variance ``e = 1 − R²`` as
 
 by least squares on ``log e = log a − b log x``, where ``x`` is the number of
 training cells (coverage) or of mobility edges (data size). ``b > 0`` means
-the error falls as the model sees more; ``b`` is the exponent reported. Two
+the error falls as the training data grow; ``b`` is the exponent reported. Two
 parameters only: a curve has three or four points, too few for an
 irreducible-error term.
 """

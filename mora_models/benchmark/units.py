@@ -31,7 +31,7 @@ from pipelines.errors import ConfigError, SchemaError
 logger = logging.getLogger(__name__)
 
 WEIGHT: Final = "overlap_km2"
-# Least share of a unit's area on cells with features for the unit to be scored.
+# Minimum share of a unit's area on cells with features for the unit to be scored.
 MIN_COVERAGE: Final = 0.5
 # Units quoted in error messages.
 _SHOWN: Final = 5
@@ -144,7 +144,7 @@ def unit_features(
     Args:
         cell_features: Feature columns indexed by ``h3_cell`` (uint64).
         unit_cells: ``zone_id, h3_cell, overlap_km2``.
-        min_coverage: Least share of a unit's weight that must fall on cells
+        min_coverage: Minimum share of a unit's weight that must fall on cells
             with features. A tract that only touches the study area would
             otherwise take the features of the few cells it shares with it.
 
