@@ -22,6 +22,9 @@ import torch
 # ceil(share * degree) is computed in float64 minus this tolerance, so that
 # 0.1 * 30 = 3.0000000000000004 keeps 3 links, not 4.
 _CEIL_TOLERANCE = 1e-9
+# A positive float32 has a sign bit of 0, so its bits fit in 31 bits.
+_WEIGHT_BITS = 31
+_MAX_WEIGHT_KEY = (1 << _WEIGHT_BITS) - 1
 
 
 def top_k_sparsify(
@@ -35,13 +38,17 @@ def top_k_sparsify(
 
     Node i keeps ``k_i = min(deg_i, max(min_k, ceil(share * deg_i)))`` of its
     ``deg_i`` outgoing edges: those with the largest weight, ties broken by the
-    smaller destination index. Edges are ranked within their origin by one
-    lexicographic sort on (origin, -weight, destination).
+    smaller destination index. Edges are ranked within their origin by a
+    stable sort on one int64 key that packs the origin above the bits of the
+    negated float32 weight. For positive floats the bit pattern orders like
+    the value, so the key orders by (origin, -weight). Edges that arrive
+    sorted by (origin, destination), as :meth:`GraphData.from_tables` builds
+    them, need only this sort; other inputs are first sorted by destination.
 
     Args:
         edge_index: ``[2, E]`` int64 origin → destination indices, pairs unique.
-        edge_weight: ``[E]`` float weights.
-        num_nodes: Number of nodes N.
+        edge_weight: ``[E]`` positive float weights.
+        num_nodes: Number of nodes N, below 2^32.
         share: Share of each node's out-degree to keep, in (0, 1].
         min_k: Minimum number of edges each node keeps (if it has that many).
 
@@ -55,11 +62,16 @@ def top_k_sparsify(
         raise ValueError(f"min_k must be >= 1, found {min_k}")
     origin, destination = edge_index[0], edge_index[1]
 
-    # Stable sorts from the least to the most significant key give the
-    # lexicographic order (origin, -weight, destination).
-    order = torch.argsort(destination, stable=True)
-    order = order[torch.argsort(edge_weight[order], descending=True, stable=True)]
-    order = order[torch.argsort(origin[order], stable=True)]
+    pair_keys = origin * num_nodes + destination
+    if bool((pair_keys[1:] > pair_keys[:-1]).all()):
+        order = torch.arange(len(origin))
+    else:
+        order = torch.argsort(destination, stable=True)
+    del pair_keys
+    weight_bits = edge_weight.float().view(torch.int32).long()
+    sort_keys = (origin[order] << _WEIGHT_BITS) + (_MAX_WEIGHT_KEY - weight_bits[order])
+    order = order[torch.argsort(sort_keys, stable=True)]
+    del sort_keys, weight_bits
     sorted_origin = origin[order]
 
     out_degree = torch.bincount(origin, minlength=num_nodes)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -194,3 +196,39 @@ def test_top_k_rejects_bad_share(share):
 
     with pytest.raises(ValueError, match="share must be in"):
         top_k_sparsify(index, weight, 5, share=share)
+
+
+def reference_top_k(index, weight, share, min_k):
+    """Per node, sort by (-weight, destination) in plain Python and keep the quota."""
+    kept = set()
+    for node in set(index[0].tolist()):
+        edges = [
+            (-float(w), int(d))
+            for o, d, w in zip(*index.tolist(), weight.tolist(), strict=True)
+            if o == node
+        ]
+        edges.sort()
+        quota = min(len(edges), max(min_k, math.ceil(round(share * len(edges), 9))))
+        kept |= {(node, d) for _, d in edges[:quota]}
+    return kept
+
+
+@pytest.mark.parametrize("sorted_input", [True, False])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_top_k_matches_plain_python(seed, sorted_input):
+    generator = torch.Generator().manual_seed(seed)
+    index, _ = random_graph(30, 400, seed=seed)
+    # Few distinct weights, so ties are common.
+    weight = torch.randint(1, 4, (index.shape[1],), generator=generator).float()
+    if not sorted_input:
+        permutation = torch.randperm(index.shape[1], generator=generator)
+        index, weight = index[:, permutation], weight[permutation]
+
+    kept_index, kept_weight = top_k_sparsify(index, weight, num_nodes=30, share=0.3, min_k=2)
+
+    assert kept_pairs(kept_index) == reference_top_k(index, weight, 0.3, 2)
+    assert len(kept_pairs(kept_index)) == kept_index.shape[1]
+    origins = kept_index[0]
+    assert bool((origins[1:] >= origins[:-1]).all())
+    same_origin = origins[1:] == origins[:-1]
+    assert bool((kept_weight[1:][same_origin] <= kept_weight[:-1][same_origin]).all())
