@@ -131,7 +131,7 @@ def fit_inductive(
     holdout_share: float = 0.2,
     seed: int = 0,
 ) -> tuple[InductiveEncoder, InductiveReport]:
-    """Fit the ridge maps and report their held-out cosine similarity.
+    """Fit the ridge maps and report their held-out cosine similarity and R².
 
     Args:
         model: The trained model.
@@ -213,11 +213,11 @@ def _with_bias(x: torch.Tensor) -> torch.Tensor:
 def _ridge(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Fit ``Y ≈ X W + b`` by ridge regression with the penalty chosen by leave-one-out error.
 
-    Inputs and targets are centred, so the bias is not penalised. For each
-    penalty ``λ = share * mean(s²)`` of the grid (s the singular values of the
-    centred inputs), the leave-one-out residuals come in closed form from the
-    hat matrix, ``(y_i - ŷ_i) / (1 - h_ii)``; the penalty with the lowest mean
-    squared residual is kept.
+    Inputs and targets are centred, so the bias is not penalised. The grid
+    holds penalties ``λ = share * mean(s²)``, where s are the singular values
+    of the centred inputs. For each, the leave-one-out residuals come in
+    closed form from the hat matrix as ``(y_i - ŷ_i) / (1 - h_ii)``. The
+    penalty with the lowest mean squared residual is kept.
 
     Returns:
         ``[d_in + 1, d_out]`` float32: the weights, then the bias as the last row.
