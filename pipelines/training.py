@@ -297,17 +297,9 @@ def run_variant(
         "edges": float(data.num_edges),
     }
     if result.inductive is not None:
-        metrics.update({f"inductive_{k}": float(v) for k, v in _inductive_metrics(result).items()})
+        inductive = result.inductive.to_metrics()
+        metrics.update({f"inductive_{key}": float(value) for key, value in inductive.items()})
     return TrainingOutput(name, path, tables, result.history, metrics)
-
-
-def _inductive_metrics(result) -> dict[str, float]:
-    report = result.inductive
-    values = {}
-    for key, value in vars(report).items():
-        if isinstance(value, int | float):
-            values[key] = value
-    return values
 
 
 def _history_path(path: Path) -> Path:
