@@ -65,7 +65,12 @@ class _EpochProgress:
 
         bar = self.bars.get(variant)
         if bar is None:
-            bar = tqdm(total=self.max_epochs, desc=f"train {variant}", unit="epoch", leave=True)
+            # Outside a terminal the trainer's INFO line per epoch shows progress;
+            # a bar would only fill log files with carriage returns.
+            bar = tqdm(
+                total=self.max_epochs, desc=f"train {variant}", unit="epoch", leave=True,
+                disable=not sys.stderr.isatty(),
+            )
             self.bars[variant] = bar
         bar.set_postfix(
             train=f"{metrics.get('train_loss', float('nan')):.4f}",
