@@ -13,7 +13,13 @@ region is added to the deployment config, picks up from there.
 
 Params: ``config`` (path, absolute or under mora's ``configs/``),
 ``resolution`` (H3 resolution overriding the config's; null keeps it),
-``force`` (rebuild tables even when their inputs are unchanged).
+``force`` (rebuild tables even when their inputs are unchanged), ``start``
+and ``end`` (a date window, end exclusive: trip and ping files dated within
+it are ingested one per mapped task, then rolled up; null: every file)::
+
+    airflow dags trigger mora_backfill \
+        -c '{"config": "nyc_manhattan.yaml", "start": "2015-07-01", "end": "2015-08-01"}'
+
 """
 
 from __future__ import annotations
@@ -23,7 +29,18 @@ from pathlib import Path
 
 from airflow.sdk import Param, dag
 
-from pipelines.airflow_tasks import announce, finish_run, ingest, plan, register, stage, start_run
+from pipelines.airflow_tasks import (
+    END_HELP,
+    START_HELP,
+    announce,
+    finish_run,
+    ingest,
+    plan,
+    register,
+    roll_up,
+    stage,
+    start_run,
+)
 from pipelines.launchers import training_task
 from pipelines.orchestration import EMBEDDING_TABLES, load_deployment
 
@@ -43,6 +60,8 @@ DEPLOYMENT = load_deployment(Path(__file__).with_name("deployment.yaml"))
         "config": Param(type="string", minLength=1, description="region config YAML"),
         "resolution": Param(None, type=["null", "integer"], minimum=0, maximum=15),
         "force": Param(False, type="boolean", description="rebuild current tables too"),
+        "start": Param(None, type=["null", "string"], format="date", description=START_HELP),
+        "end": Param(None, type=["null", "string"], format="date", description=END_HELP),
     },
 )
 def mora_backfill():
@@ -54,23 +73,23 @@ def mora_backfill():
         .partial(mlflow_run=mlflow_run)
         .expand(partition=plan.override(task_id="plan_imagery")(None, ["imagery"]))
     )
+    source_plan = plan.override(task_id="plan_sources")(None, ["mobility", "poi", "census"])
     sources = (
         ingest.override(task_id="ingest_sources")
         .partial(mlflow_run=mlflow_run)
-        .expand(
-            partition=plan.override(task_id="plan_sources")(None, ["mobility", "poi", "census"])
-        )
+        .expand(partition=source_plan)
     )
-    zones >> rasters >> sources
+    rolled = roll_up(source_plan, mlflow_run)
+    zones >> rasters >> sources >> rolled
     features = stage.override(task_id="features")("features", mlflow_run)
-    sources >> features
+    rolled >> features
     train = training_task(DEPLOYMENT, mlflow_run)
     benchmark = stage.override(task_id="benchmark")("benchmark", mlflow_run)
     registered = register(mlflow_run, DEPLOYMENT.registry.model_dump(mode="json"))
     features >> train >> benchmark >> registered
     # The embedding tables are named here because a container launcher
     # returns no table summary.
-    published = announce([zones, rasters, sources, features], extra_tables=EMBEDDING_TABLES)
+    published = announce([zones, rasters, sources, rolled, features], extra_tables=EMBEDDING_TABLES)
     registered >> published >> finish_run(mlflow_run)
 
 

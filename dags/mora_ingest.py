@@ -9,10 +9,14 @@ A retry or re-run rewrites the same partition with the same bytes.
 
 The zones DAG runs on ``ingest_schedule``; the others run when the assets
 they read are updated: imagery and POIs after ``cells``; mobility and census
-after ``zone_cells`` and the rasters that weight them. The sources are
+after ``zone_cells`` and the rasters that weight them. Most sources are
 snapshots (ACS 2011-2015 commuting, PEP 2010, HIFLD hospitals), so a
-partition is a source rather than a date; a run's data interval only dates
-the run.
+partition is a source rather than a date. Trip and ping sources whose files
+carry dates (``yellow_tripdata_2015-07.csv``) are partitioned by date
+instead: with the params ``start`` and ``end``, or on a run scheduled by
+``mobility_schedule``, each file dated within that window is one mapped task,
+and ``roll_up`` then sums the source's current partitions into its
+``mobility_edges`` partition.
 """
 
 from __future__ import annotations
@@ -21,9 +25,25 @@ from datetime import datetime
 from functools import reduce
 from pathlib import Path
 
-from airflow.sdk import Asset, Param, TaskGroup, dag
+from airflow.sdk import (
+    Asset,
+    AssetOrTimeSchedule,
+    CronDataIntervalTimetable,
+    Param,
+    TaskGroup,
+    dag,
+)
 
-from pipelines.airflow_tasks import finish_run, ingest, plan, publish, start_run
+from pipelines.airflow_tasks import (
+    END_HELP,
+    START_HELP,
+    finish_run,
+    ingest,
+    plan,
+    publish,
+    roll_up,
+    start_run,
+)
 from pipelines.orchestration import (
     INGEST_MODALITIES,
     asset_uri,
@@ -37,7 +57,11 @@ REGIONS = [read_region(DEPLOYMENT.config_path(entry)) for entry in DEPLOYMENT.re
 
 
 def schedule_of(modality: str):
-    """Return the schedule of a modality's DAG: a cron for zones, else an asset condition."""
+    """Return the schedule of a modality's DAG: a cron for zones, else an asset condition.
+
+    With ``mobility_schedule`` set, the mobility DAG also runs on that cron,
+    and each such run ingests the files dated within its data interval.
+    """
     if modality == "zones":
         return DEPLOYMENT.ingest_schedule
     conditions = []
@@ -48,7 +72,13 @@ def schedule_of(modality: str):
             needed = ["zone_cells", *weight_rasters(region.config_path, modality)]
         assets = [Asset(asset_uri(region.name, table)) for table in needed]
         conditions.append(reduce(lambda left, right: left & right, assets))
-    return reduce(lambda left, right: left | right, conditions) if conditions else None
+    condition = reduce(lambda left, right: left | right, conditions) if conditions else None
+    if modality == "mobility" and DEPLOYMENT.mobility_schedule:
+        timetable = CronDataIntervalTimetable(DEPLOYMENT.mobility_schedule, timezone="UTC")
+        return (
+            AssetOrTimeSchedule(timetable=timetable, assets=condition) if condition else timetable
+        )
+    return condition
 
 
 def ingest_dag(modality: str):
@@ -63,7 +93,11 @@ def ingest_dag(modality: str):
         default_args=DEPLOYMENT.default_args(),
         tags=["mora", "ingest", modality],
         doc_md=__doc__,
-        params={"force": Param(False, type="boolean", description="rebuild current tables too")},
+        params={
+            "force": Param(False, type="boolean", description="rebuild current tables too"),
+            "start": Param(None, type=["null", "string"], format="date", description=START_HELP),
+            "end": Param(None, type=["null", "string"], format="date", description=END_HELP),
+        },
     )
     def define():
         for region in REGIONS:
@@ -77,8 +111,10 @@ def ingest_dag(modality: str):
                 summaries = ingest.partial(mlflow_run=mlflow_run, config=config).expand(
                     partition=partitions
                 )
+                rolled = roll_up(partitions, mlflow_run, config)
+                summaries >> rolled
                 outlets = [Asset(asset_uri(region.name, table)) for table in tables]
-                published = publish.override(outlets=outlets)(summaries)
+                published = publish.override(outlets=outlets)(summaries, rolled)
                 published >> finish_run(mlflow_run, config)
 
     return define()

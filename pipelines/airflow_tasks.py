@@ -2,8 +2,8 @@
 
 Each task is a thin wrapper around one function of :mod:`pipelines.dag_tasks`.
 Values a task does not get as an argument come from the DAG run's params
-(``config``, ``resolution``, ``force``), so one task serves DAGs whose region
-is fixed and DAGs whose region is a param.
+(``config``, ``resolution``, ``force``, ``start``, ``end``), so one task
+serves DAGs whose region is fixed and DAGs whose region is a param.
 """
 
 from __future__ import annotations
@@ -13,7 +13,16 @@ from typing import Any
 from airflow.sdk import Asset, AssetAlias, get_current_context, task
 
 from pipelines import dag_tasks
-from pipelines.orchestration import LauncherSettings, RegistrySettings, asset_uri, read_region
+from pipelines.orchestration import (
+    LauncherSettings,
+    Partition,
+    RegistrySettings,
+    asset_uri,
+    read_region,
+)
+
+START_HELP = "first day (YYYY-MM-DD) of dated trip and ping files to ingest; null: all"
+END_HELP = "day after the last one to ingest (exclusive); null: no end"
 
 # Tasks of DAGs whose region is a param announce the tables they publish
 # through this alias; Airflow turns each announcement into an Asset event.
@@ -51,16 +60,39 @@ def start_run(config: str | None = None) -> str:
     )
 
 
+def _window() -> tuple[str | None, str | None]:
+    """Return the date window of this run: the ``start``/``end`` params, else the data interval.
+
+    Only a run the timetable scheduled has a data interval that dates its
+    data; a manual or asset-triggered run without params ingests every file.
+    """
+    params = _params()
+    if params.get("start") or params.get("end"):
+        return params.get("start"), params.get("end")
+    context = get_current_context()
+    dag_run = context.get("dag_run")
+    first, after = context.get("data_interval_start"), context.get("data_interval_end")
+    scheduled = dag_run is not None and str(dag_run.run_type).lower().endswith("scheduled")
+    if scheduled and first is not None and after is not None and after > first:
+        return first.date().isoformat(), after.date().isoformat()
+    return None, None
+
+
 @task
 def plan(config: str | None, modalities: list[str]) -> list[dict]:
-    """List the ingest partitions of ``modalities``, one per mapped task."""
-    return dag_tasks.plan_ingest(_config(config), tuple(modalities))
+    """List the ingest partitions of ``modalities``, one per mapped task.
+
+    With a date window (params ``start``/``end``, or a scheduled run's data
+    interval), dated trip and ping files are planned one per task.
+    """
+    start, end = _window()
+    return dag_tasks.plan_ingest(_config(config), tuple(modalities), start=start, end=end)
 
 
 @task(map_index_template="{{ partition_label }}")
 def ingest(partition: dict, mlflow_run: str, config: str | None = None) -> dict:
     """Ingest one partition; it overwrites exactly its own tables' partitions."""
-    label = partition["modality"] + (f"/{partition['source']}" if partition["source"] else "")
+    label = Partition.from_dict(partition).label
     get_current_context()["partition_label"] = label  # type: ignore[typeddict-unknown-key]
     params = _params()
     return dag_tasks.run_stage(
@@ -69,6 +101,20 @@ def ingest(partition: dict, mlflow_run: str, config: str | None = None) -> dict:
         run_id=mlflow_run,
         resolution=params.get("resolution"),
         source=partition["source"],
+        part=partition.get("part"),
+        force=bool(params.get("force", False)),
+    )
+
+
+@task
+def roll_up(partitions: list[dict], mlflow_run: str, config: str | None = None) -> list[dict]:
+    """Publish the roll-up of each source that was ingested one dated file per task."""
+    params = _params()
+    return dag_tasks.roll_up(
+        _config(config),
+        list(partitions),
+        run_id=mlflow_run,
+        resolution=params.get("resolution"),
         force=bool(params.get("force", False)),
     )
 
@@ -129,9 +175,9 @@ def announce(
 
 
 @task
-def publish(summaries: list[dict]) -> dict:
+def publish(summaries: list[dict], rolled: list[dict] | None = None) -> dict:
     """Close a group of partitions; its outlets emit the group's Asset events."""
-    tables = [table for summary in summaries for table in summary["tables"]]
+    tables = [table for summary in [*summaries, *(rolled or [])] for table in summary["tables"]]
     events = get_current_context()["outlet_events"]
     for outlet in get_current_context()["task"].outlets:
         if isinstance(outlet, Asset):

@@ -4,6 +4,8 @@ Examples::
 
     mora run configs/us_counties.yaml             # every stage, then the benchmark table
     mora ingest configs/us_counties.yaml           # zones, rasters, mobility, POIs, census
+    mora ingest configs/nyc_manhattan.yaml --modality mobility \
+        --start 2015-07-01 --end 2015-08-01        # the trip files of July 2015 only
     mora train configs/us_counties.yaml --resume   # continue from the last checkpoint
     mora benchmark configs/us_counties.yaml --ablations   # every baseline and ablation
     mora scaling configs/us_scaling.yaml           # coverage and data-size scaling curves
@@ -84,6 +86,7 @@ class _EpochProgress:
 
 
 def _run(args: argparse.Namespace, stages: Sequence[str], config=None) -> int:
+    from pipelines.partitions import PartitionScope
     from pipelines.runner import RunOptions, run_pipeline
 
     config = config if config is not None else _load(args)
@@ -96,6 +99,7 @@ def _run(args: argparse.Namespace, stages: Sequence[str], config=None) -> int:
         resume=getattr(args, "resume", False),
         variants=variants,
         on_epoch=progress,
+        scope=PartitionScope.window(getattr(args, "start", None), getattr(args, "end", None)),
     )
     started = time.perf_counter()
 
@@ -331,6 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["zones", "imagery", "mobility", "poi", "census"],
         help="ingest only these (repeatable); zones are needed first",
     )
+    ingest.add_argument(
+        "--start",
+        help="first day (YYYY-MM-DD) of the trip and ping files to ingest; with --end, a backfill",
+    )
+    ingest.add_argument("--end", help="day after the last day to ingest (exclusive)")
     stage_command("features", "build the sparsified graph and the feature tables")
     train = stage_command("train", "pre-train the model and write embeddings")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")

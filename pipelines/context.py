@@ -23,6 +23,7 @@ from pipelines import __version__
 from pipelines.config import RegionConfig
 from pipelines.datasets import file_sha256
 from pipelines.errors import MoraError
+from pipelines.partitions import PartitionScope
 from pipelines.resources import code_fingerprint
 from pipelines.storage import PublishedTable, remove_abandoned_staging
 from pipelines.warehouse import WAREHOUSE_FILE, connect
@@ -81,12 +82,19 @@ class StageReport:
 
 
 class StageContext:
-    """The region config, its output directory and a shared DuckDB connection."""
+    """The region config, its output directory and a shared DuckDB connection.
 
-    def __init__(self, config: RegionConfig, *, force: bool = False) -> None:
+    ``scope`` limits the raw partitions the mobility stage processes (a date
+    window); every other stage ignores it.
+    """
+
+    def __init__(
+        self, config: RegionConfig, *, force: bool = False, scope: PartitionScope | None = None
+    ) -> None:
         self.config = config
         self.root = config.region_root
         self.force = force
+        self.scope = scope or PartitionScope()
         self.root.mkdir(parents=True, exist_ok=True)
         self._hashes: dict[Path, str] = {}
 

@@ -104,6 +104,8 @@ def run_stage(
     run_id: str | None,
     resolution: int | str | None = None,
     source: str | None = None,
+    part: str | None = None,
+    roll_up_only: bool = False,
     force: bool = False,
 ) -> dict[str, Any]:
     """Run one stage, or one source partition of an ingest stage, under the parent run.
@@ -111,20 +113,29 @@ def run_stage(
     With ``source``, the stage sees a config whose list for that modality
     holds only that source, so it publishes exactly that source's partitions
     (and quarantine partition). Fingerprints do not depend on the other
-    sources, so the files equal those of a full ``mora run``.
+    sources, so the files equal those of a full ``mora run``. With ``part``
+    as well, a trip or ping source publishes that one raw partition and no
+    roll-up; ``roll_up_only`` publishes the roll-up of the source's current
+    partitions and nothing else.
 
     Returns:
         ``{"stage", "source", "tables": [...], "metrics": {...}}``.
     """
     from pipelines.context import StageContext
+    from pipelines.partitions import PartitionScope
     from pipelines.runner import run_stage as run_pipeline_stage
     from pipelines.tracking import Tracker
 
     region = load_region(config, resolution)
     if source is not None:
         region = restrict_to_source(region, stage, source)
-    label = Partition(stage, source).label
-    context = StageContext(region, force=bool(force))
+    scope = PartitionScope()
+    if roll_up_only:
+        scope = PartitionScope(labels=())
+    elif part is not None:
+        scope = PartitionScope(labels=(part,), roll_up=False)
+    label = Partition(stage, source, part).label + ("/roll-up" if roll_up_only else "")
+    context = StageContext(region, force=bool(force), scope=scope)
     try:
         tracker = Tracker(region, run_id=run_id, keep_running=True)
         with tracker, tracker.stage(label):
@@ -173,12 +184,88 @@ def report_summary(report: StageReport, source: str | None = None) -> dict[str, 
     return {"stage": report.stage, "source": source, "tables": tables, "metrics": metrics}
 
 
-def plan_ingest(config: str | Path, modalities: tuple[str, ...] = INGEST_MODALITIES) -> list[dict]:
-    """Return the ingest partitions of a region config, for ``.expand()``."""
-    from pipelines.orchestration import plan_partitions, read_region
+def plan_ingest(
+    config: str | Path,
+    modalities: tuple[str, ...] = INGEST_MODALITIES,
+    *,
+    start: str | None = None,
+    end: str | None = None,
+) -> list[dict]:
+    """Return the ingest partitions of a region config, for ``.expand()``.
 
-    region = read_region(resolve_config_path(config))
-    return [partition.as_dict() for partition in plan_partitions(region, modalities)]
+    Without a window, a trip or ping source is one partition that ingests
+    all its files and publishes the roll-up. With ``start`` or ``end``
+    (``YYYY-MM-DD``, end exclusive), such a source whose files are dated
+    becomes one partition per file in the window, and :func:`roll_up` runs
+    after them.
+    """
+    from pipelines.orchestration import plan_partitions, read_region
+    from pipelines.partitions import PartitionScope
+
+    path = resolve_config_path(config)
+    partitions = plan_partitions(read_region(path), modalities)
+    scope = PartitionScope.window(start, end)
+    if scope.whole:
+        return [partition.as_dict() for partition in partitions]
+    return [item.as_dict() for item in _split_by_date(load_region(path), partitions, scope)]
+
+
+def _split_by_date(region: RegionConfig, partitions: list[Partition], scope) -> list[Partition]:
+    """Replace each dated trip or ping source by its raw partitions in the window."""
+    from pipelines.partitions import discover_partitions, label_period
+
+    kinds = {source.name: source for source in region.mobility}
+    planned: list[Partition] = []
+    for partition in partitions:
+        source = kinds.get(partition.source or "") if partition.modality == "mobility" else None
+        if source is None or source.kind not in ("trips", "pings"):
+            planned.append(partition)
+            continue
+        files = discover_partitions(region, source.input, source=source.name)
+        if not all(label_period(item.label) for item in files):
+            # Undated files: the whole source, as without a window.
+            planned.append(partition)
+            continue
+        selected = scope.select(files, source.name)
+        logger.info(
+            "%s: %d of %d files in the window: %s",
+            source.name,
+            len(selected),
+            len(files),
+            ", ".join(item.label for item in selected) or "none",
+        )
+        planned += [Partition("mobility", source.name, item.label) for item in selected]
+    return planned
+
+
+def roll_up(
+    config: str | Path,
+    partitions: list[dict],
+    *,
+    run_id: str | None,
+    resolution: int | str | None = None,
+    force: bool = False,
+) -> list[dict[str, Any]]:
+    """Publish the roll-up of every source that ``partitions`` split into raw partitions.
+
+    Runs once after the mapped tasks of those partitions, so exactly one
+    task writes each ``mobility_edges/source=<name>``.
+    """
+    sources = sorted(
+        {item["source"] for item in partitions if item.get("part") and item.get("source")}
+    )
+    return [
+        run_stage(
+            config,
+            "mobility",
+            run_id=run_id,
+            resolution=resolution,
+            source=source,
+            roll_up_only=True,
+            force=force,
+        )
+        for source in sources
+    ]
 
 
 def training_command(

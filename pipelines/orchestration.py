@@ -150,11 +150,17 @@ class DeploymentConfig(_Strict):
         ingest_schedule: Cron expression (or preset such as ``@weekly``) of
             the zones ingest; the other ingest DAGs follow its assets. None
             ingests only when triggered.
+        mobility_schedule: Cron expression of dated mobility runs. Each
+            scheduled run ingests the trip and ping files dated within its
+            data interval (``@daily``: that day's files), then the roll-up;
+            the DAG still runs, on every file, when its assets change. None
+            runs it only on asset changes and triggers.
         regions: Regions with a retrain DAG and ingest tasks.
         source_file: The YAML file this deployment was read from.
     """
 
     ingest_schedule: str | None = "@weekly"
+    mobility_schedule: str | None = None
     regions: list[RegionEntry] = Field(default_factory=list)
     launcher: LauncherSettings = Field(default_factory=LauncherSettings)
     tasks: TaskSettings = Field(default_factory=TaskSettings)
@@ -302,19 +308,27 @@ class Partition:
     Attributes:
         modality: Ingest stage (zones, imagery, mobility, poi, census).
         source: Source name for per-source stages; None for a whole stage.
+        part: Label of one raw partition (a day or month of trip files) of a
+            trip or ping source; None for the whole source with its roll-up.
     """
 
     modality: str
     source: str | None = None
+    part: str | None = None
 
     @property
     def label(self) -> str:
-        """Return ``modality`` or ``modality/source``, for task map indexes and MLflow."""
-        return self.modality if self.source is None else f"{self.modality}/{self.source}"
+        """Return ``modality[/source[/part]]``, for task map indexes and MLflow."""
+        return "/".join(item for item in (self.modality, self.source, self.part) if item)
 
     def as_dict(self) -> dict[str, str | None]:
         """Return the partition as a dict that XCom can store."""
-        return {"modality": self.modality, "source": self.source}
+        return {"modality": self.modality, "source": self.source, "part": self.part}
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, str | None]) -> Partition:
+        """Read a partition that :meth:`as_dict` wrote."""
+        return cls(value["modality"], value.get("source"), value.get("part"))
 
 
 def plan_partitions(region: RegionInfo, modalities: Sequence[str]) -> list[Partition]:

@@ -11,6 +11,11 @@ in one month and as text in the next, or a column added later.
 losing values, logs each difference, and raises when no such schema exists.
 CSV files are read with every column as text, so ids keep their leading
 zeros; Parquet files keep their types up to the unified schema.
+
+A run can be limited to the partitions of a date window
+(:class:`PartitionScope`): a backfill of one quarter, or a nightly run of
+one day. Partitions labelled by a day or a month take part when that day or
+month overlaps the window.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -31,7 +37,7 @@ import pyarrow.parquet as pq
 
 from pipelines import datasets
 from pipelines.config import RegionConfig
-from pipelines.errors import DataNotFoundError, InputFormatError, SchemaError
+from pipelines.errors import ConfigError, DataNotFoundError, InputFormatError, SchemaError
 from pipelines.tabular import ROW_NUMBER, csv_parse_error, csv_scan, read_header
 
 logger = logging.getLogger(__name__)
@@ -41,6 +47,7 @@ CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _GLOB_CHARACTERS = set("*?[")
 _DATE_IN_PATH = re.compile(r"(?<!\d)(\d{4}-\d{2}(?:-\d{2})?)(?!\d)")
+_DATE_LABEL = re.compile(r"\d{4}-\d{2}(?:-\d{2})?")
 _UNSAFE_LABEL_CHARACTERS = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -64,6 +71,108 @@ class InputPartition:
     def file_format(self) -> str:
         """``csv`` or ``parquet``, from the file name."""
         return file_format(self.path)
+
+
+def label_period(label: str) -> tuple[date, date] | None:
+    """Return the days a partition label covers, ``[first, after_last)``, or None.
+
+    ``2015-07`` covers July 2015 and ``2015-07-31`` that one day; a label
+    that is not a date, such as a file name, covers no period.
+    """
+    if not _DATE_LABEL.fullmatch(label):
+        return None
+    parts = label.split("-")
+    try:
+        if len(parts) == 3:
+            first = date(int(parts[0]), int(parts[1]), int(parts[2]))
+            return first, date.fromordinal(first.toordinal() + 1)
+        first = date(int(parts[0]), int(parts[1]), 1)
+    except ValueError:
+        return None
+    if first.month == 12:
+        return first, date(first.year + 1, 1, 1)
+    return first, date(first.year, first.month + 1, 1)
+
+
+def parse_day(value: str | date | None, name: str) -> date | None:
+    """Read a window bound: ``YYYY-MM-DD``, a date, an ISO timestamp, or None.
+
+    Raises:
+        ConfigError: The value is not a date; names the option.
+    """
+    if value is None or isinstance(value, date):
+        return value
+    text = str(value).strip()
+    if text in ("", "null", "None"):
+        return None
+    try:
+        return date.fromisoformat(text[:10])
+    except ValueError as error:
+        raise ConfigError(f"{name} must be a date like 2015-07-01, found {value!r}") from error
+
+
+@dataclass(frozen=True)
+class PartitionScope:
+    """Which raw partitions of the trip and ping sources a run processes.
+
+    The default scope processes every partition, removes partitions whose
+    file is gone and rolls all of them up. A window or a list of labels
+    processes only those partitions; the roll-up then sums every partition
+    that is published and current, and partitions outside the window are
+    neither rebuilt nor removed. Sources whose partitions are not labelled
+    by dates are processed whole.
+
+    Attributes:
+        start: First day of the window, or None for no lower bound.
+        end: Day after the window (exclusive), or None for no upper bound.
+        labels: Exact partition labels to process, or None for any.
+        roll_up: Publish the source's roll-up after its partitions. Parallel
+            tasks that each own one partition set this to False and leave
+            the roll-up to one task after them.
+    """
+
+    start: date | None = None
+    end: date | None = None
+    labels: tuple[str, ...] | None = None
+    roll_up: bool = True
+
+    def __post_init__(self) -> None:
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise ConfigError(
+                f"the date window ends ({self.end}) on or before it starts ({self.start}); "
+                "the end is exclusive, so a window of one day is start=D, end=D+1"
+            )
+
+    @classmethod
+    def window(cls, start: str | date | None, end: str | date | None, **kwargs) -> PartitionScope:
+        """Build a scope from window bounds given as text or dates."""
+        return cls(parse_day(start, "start"), parse_day(end, "end"), **kwargs)
+
+    @property
+    def whole(self) -> bool:
+        """True when every partition is in scope."""
+        return self.start is None and self.end is None and self.labels is None
+
+    def select(self, partitions: Sequence[InputPartition], source: str) -> list[InputPartition]:
+        """Return the partitions of one source that this scope processes."""
+        if self.whole:
+            return list(partitions)
+        if self.labels is not None:
+            return [partition for partition in partitions if partition.label in self.labels]
+        periods = [label_period(partition.label) for partition in partitions]
+        if not all(periods):
+            logger.info(
+                "%s: partitions are not labelled by dates (%s); the date window does not "
+                "apply and every partition is processed",
+                source,
+                ", ".join(partition.label for partition in partitions[:3]),
+            )
+            return list(partitions)
+        return [
+            partition
+            for partition, (first, after) in zip(partitions, periods, strict=True)
+            if (self.end is None or first < self.end) and (self.start is None or after > self.start)
+        ]
 
 
 def file_format(path: Path) -> str:

@@ -17,6 +17,7 @@ import duckdb
 from pipelines.config import RegionConfig
 from pipelines.context import StageContext, StageReport
 from pipelines.errors import ConfigError, InputFormatError, MoraError
+from pipelines.partitions import PartitionScope
 from pipelines.storage import damaged_tables
 
 logger = logging.getLogger(__name__)
@@ -36,12 +37,15 @@ class RunOptions:
         resume: Resume training from the last checkpoint.
         variants: Training variants to train; the benchmark's own list when None.
         on_epoch: Called after every training epoch with the variant and metrics.
+        scope: Raw partitions of the trip and ping sources to ingest (a date
+            window); every partition by default.
     """
 
     force: bool = False
     resume: bool = False
     variants: tuple[str, ...] | None = None
     on_epoch: EpochCallback | None = None
+    scope: PartitionScope = field(default_factory=PartitionScope)
 
 
 @dataclass
@@ -172,7 +176,7 @@ def run_pipeline(
     unknown = [stage for stage in stages if stage not in STAGES]
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
-    context = StageContext(config, force=options.force)
+    context = StageContext(config, force=options.force, scope=options.scope)
     removed = context.clean_staging()
     if removed:
         logger.info("removed %d staging directories left by interrupted runs", removed)

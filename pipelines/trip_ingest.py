@@ -13,8 +13,11 @@ For a source named ``<name>`` with raw partitions ``<label>`` (see
 Each partition has its own fingerprint (its file's hash, the source's
 settings, the study area, the code), so re-running after one day's file
 changed rebuilds that day only, then the roll-up. Partitions whose file is
-gone are removed. With a Dask client the partitions are processed as Dask
-tasks; the result files are byte-identical to a single-process run.
+gone are removed. A run limited to a date window (see
+:class:`pipelines.partitions.PartitionScope`) rebuilds only the partitions
+in the window and rolls up every current partition. With a Dask client the
+partitions are processed as Dask tasks; the result files are byte-identical
+to a single-process run.
 
 Checks: before a partition is published, DuckDB checks the rules of the
 ``trip_edges`` suite on it (keys present and unique, flows positive). Great
@@ -40,7 +43,7 @@ import pyarrow as pa
 from pipelines.config import PingsConfig, TripsConfig
 from pipelines.constants import DESTINATION_CELL, ORIGIN_CELL
 from pipelines.context import InputCount, StageContext, StageReport
-from pipelines.errors import ValidationError
+from pipelines.errors import DataNotFoundError, ValidationError
 from pipelines.partitions import (
     PARTITION_KEY,
     InputPartition,
@@ -172,13 +175,27 @@ def ingest(
         "source": source.model_dump(mode="json", exclude={"input"}),
         "cells": cells_manifest.get("sha256"),
     }
-    published: list[PublishedTable] = []
-    pending: list[tuple[InputPartition, str]] = []
-    for partition in partitions:
-        fingerprint = context.fingerprint(
+
+    def fingerprint_of(partition: InputPartition) -> str:
+        return context.fingerprint(
             inputs=[partition.reference, *extra_inputs],
             extra={**settings, PARTITION_KEY: partition.label},
         )
+
+    scope = context.scope
+    selected = scope.select(partitions, source.name)
+    if not scope.whole:
+        logger.info(
+            "%s: %d of %d partitions in scope (%s)",
+            source.name,
+            len(selected),
+            len(partitions),
+            ", ".join(partition.label for partition in selected) or "none",
+        )
+    published: list[PublishedTable] = []
+    pending: list[tuple[InputPartition, str]] = []
+    for partition in selected:
+        fingerprint = fingerprint_of(partition)
         outputs = _partition_outputs(source.name, partition.label)
         if not context.force and all(
             is_current(context.root, name, fingerprint, part) for name, part in outputs
@@ -217,10 +234,46 @@ def ingest(
 
     if pending:
         validate_partitions(context, source.name, [partition.label for partition, _ in pending])
-    _remove_stale(context, source.name, [partition.label for partition in partitions])
-    published.append(_roll_up(context, source.name, [p.label for p in partitions], report))
+    if scope.whole:
+        _remove_stale(context, source.name, [partition.label for partition in partitions])
     report.metrics[f"{source.name}_partitions"] = len(partitions)
+    if not scope.roll_up:
+        return published
+    if scope.whole:
+        rolled = [partition.label for partition in partitions]
+    else:
+        rolled = _current_labels(context, source.name, partitions, fingerprint_of)
+    published.append(_roll_up(context, source.name, rolled, report))
     return published
+
+
+def _current_labels(
+    context: StageContext,
+    name: str,
+    partitions: Sequence[InputPartition],
+    fingerprint_of: Callable[[InputPartition], str],
+) -> list[str]:
+    """Return the labels of the partitions whose published edges are current.
+
+    A partition not yet ingested, or ingested from another version of its
+    file, is left out of the roll-up and named in the log.
+    """
+    current, missing = [], []
+    for partition in partitions:
+        part = {"source": name, PARTITION_KEY: partition.label}
+        if is_current(context.root, TRIP_EDGES_TABLE, fingerprint_of(partition), part):
+            current.append(partition.label)
+        else:
+            missing.append(partition.label)
+    if missing:
+        logger.warning(
+            "%s: the roll-up leaves out %d partitions not ingested for the current inputs (%s); "
+            "ingest them with a date window that covers them",
+            name,
+            len(missing),
+            ", ".join(missing),
+        )
+    return current
 
 
 def _partition_outputs(name: str, label: str) -> list[tuple[str, dict[str, str]]]:
@@ -351,7 +404,17 @@ def _remove_stale(context: StageContext, name: str, labels: Sequence[str]) -> No
 def _roll_up(
     context: StageContext, name: str, labels: Sequence[str], report: StageReport
 ) -> PublishedTable:
-    """Sum every partition of a source into ``mobility_edges/source=<name>``."""
+    """Sum the given partitions of a source into ``mobility_edges/source=<name>``.
+
+    Raises:
+        DataNotFoundError: No partition is published yet (a date window that
+            matched none of the source's files).
+    """
+    if not labels:
+        raise DataNotFoundError(
+            f"mobility source {name!r} has no ingested partition to roll up; choose a date "
+            "window that covers at least one of its files, or run without one"
+        )
     files = [
         table_path(context.root, TRIP_EDGES_TABLE, {"source": name, PARTITION_KEY: label})
         for label in labels

@@ -1,17 +1,30 @@
-"""Re-runs: identical files, one changed day rebuilt alone, removed days dropped, Dask equal."""
+"""Re-runs: identical files, one changed day rebuilt alone, removed days dropped, Dask equal.
+
+Date windows: only the files of the window are read, and windows that
+together cover every file give the files of one full run.
+"""
 
 from __future__ import annotations
 
 import shutil
+from datetime import date
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from mobility_helpers import edges_of, run_stages, write_config
 
-from pipelines import datasets, mobility, trip_ingest
+from pipelines import datasets, mobility, trip_ingest, zones
 from pipelines.context import StageContext, StageReport
 from pipelines.datasets import file_sha256
-from pipelines.partitions import InputPartition, read_batches, read_schema
+from pipelines.errors import ConfigError, DataNotFoundError
+from pipelines.partitions import (
+    InputPartition,
+    PartitionScope,
+    label_period,
+    read_batches,
+    read_schema,
+)
 from pipelines.storage import table_path
 from pipelines.trips import StudyArea, TripCleaner, aggregate_batches
 
@@ -163,3 +176,69 @@ def test_dask_cluster_gives_same_files(yellow):
 
 def _task_prefixes(dask_scheduler=None):
     return list(dask_scheduler.task_prefixes)
+
+
+def _run_window(config, start, end):
+    context = StageContext(config, scope=PartitionScope.window(start, end))
+    try:
+        zones.run(context)
+        return mobility.run(context)
+    finally:
+        context.close()
+
+
+def test_date_window_ingests_its_months_and_rolls_up_current_ones(tmp_path):
+    raw = _raw_copies(tmp_path / "raw")
+    full = _config(tmp_path / "full", raw)
+    run_stages(full)
+    windowed = _config(tmp_path / "windowed", raw)
+    root = windowed.region_root
+
+    # July only: the August file is neither read nor rolled up.
+    report = _run_window(windowed, "2015-07-01", "2015-08-01")
+    assert [count.source for count in report.inputs] == ["yellow.2015-07"]
+    parts = sorted(p.name for p in (root / "tables/trip_edges/source=yellow").iterdir())
+    assert parts == ["part=2015-07"]
+    july = pd.read_parquet(table_path(root, "trip_edges", {"source": "yellow", "part": "2015-07"}))
+    assert edges_of(root, "yellow")["flow"].sum() == july["flow"].sum()
+
+    # A window ending mid-August still covers the August file, labelled by its month.
+    report = _run_window(windowed, "2015-08-10", "2015-08-11")
+    assert [count.source for count in report.inputs] == ["yellow.2015-08"]
+
+    # Both months ingested through windows give the files of one full run.
+    assert _files(root) == _files(full.region_root)
+
+
+def test_empty_window_names_the_source(tmp_path):
+    raw = _raw_copies(tmp_path / "raw")
+    config = _config(tmp_path / "region", raw)
+    with pytest.raises(DataNotFoundError, match="'yellow' has no ingested partition"):
+        _run_window(config, "2016-01-01", "2016-02-01")
+
+
+@pytest.mark.parametrize(
+    ("label", "period"),
+    [
+        ("2015-07", (date(2015, 7, 1), date(2015, 8, 1))),
+        ("2015-12", (date(2015, 12, 1), date(2016, 1, 1))),
+        ("2021-05-31", (date(2021, 5, 31), date(2021, 6, 1))),
+        ("2015-13", None),
+        ("citibike", None),
+        ("2015-07-01-extra", None),
+    ],
+)
+def test_label_period(label, period):
+    assert label_period(label) == period
+
+
+def test_window_bounds_are_checked():
+    with pytest.raises(ConfigError, match=r"ends .* on or before it starts"):
+        PartitionScope.window("2015-08-01", "2015-07-01")
+    with pytest.raises(ConfigError, match="start must be a date"):
+        PartitionScope.window("July", None)
+
+
+def test_undated_files_ignore_the_window():
+    files = [InputPartition(name, name, Path(name)) for name in ("citibike", "taxi")]
+    assert PartitionScope.window("2015-07-01", None).select(files, "trips") == files

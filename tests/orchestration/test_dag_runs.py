@@ -7,27 +7,12 @@ shared, in DAG order, so later DAGs reuse the tables earlier ones published.
 from __future__ import annotations
 
 import hashlib
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from airflow_helpers import dags_test
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
-
-AIRFLOW = Path(sys.executable).with_name("airflow")
-
-
-def dags_test(environment: dict[str, str], dag_id: str, conf: dict | None = None) -> str:
-    command = [str(AIRFLOW), "dags", "test", dag_id]
-    if conf is not None:
-        command += ["-c", json.dumps(conf)]
-    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=900)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
-    assert "state=success" in output, output[-6000:]
-    return output
 
 
 def partition_hashes(region_root: Path, table: str) -> dict[str, str]:
