@@ -117,7 +117,7 @@ class PartitionScope:
 
     The default scope processes every partition, removes partitions whose
     file is gone and rolls all of them up. A window or a list of labels
-    processes only those partitions; the roll-up then sums every partition
+    processes only those partitions. The roll-up then sums every partition
     that is published and current, and partitions outside the window are
     neither rebuilt nor removed. Sources whose partitions are not labelled
     by dates are processed whole.
