@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -49,6 +50,9 @@ from pipelines.storage import (
 )
 from pipelines.text_features import TEXT_PREFIX
 from pipelines.zones import ZONE_CELLS_TABLE
+
+if TYPE_CHECKING:
+    from mora_models.data import GraphData
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +186,45 @@ def model_settings(context: StageContext, variant: Variant, features: dict):
     return model_config, train_config
 
 
+def modality_coverage(data: GraphData) -> dict[str, tuple[int, int]]:
+    """Count, per modality, the cells that have it and how many of them have mobility edges.
+
+    Only cells with both enter the modality's contrastive pair, because
+    mobility is the only anchor. A modality with fewer than two such cells
+    never enters the loss, so its tower learns nothing. Such a modality gets a
+    warning in the log.
+
+    Returns:
+        ``{modality: (cells with the modality, of those, cells with mobility)}``.
+    """
+    from mora_models.losses import MIN_PAIR_CELLS
+
+    has_mobility = data.node_has_mobility()
+    coverage = {}
+    for name in sorted(data.modalities):
+        modality = data.modalities[name]
+        anchored = int((modality.mask & has_mobility).sum())
+        coverage[name] = (modality.num_present, anchored)
+        logger.info(
+            "modality %s: %d cells, %d of them with mobility edges",
+            name,
+            modality.num_present,
+            anchored,
+        )
+        if anchored < MIN_PAIR_CELLS:
+            logger.warning(
+                "modality %s: %d of its %d cells have mobility edges, but its contrastive "
+                "pair needs at least %d; the %s tower will not train. Add a mobility source "
+                "that covers those cells",
+                name,
+                anchored,
+                modality.num_present,
+                MIN_PAIR_CELLS,
+                name,
+            )
+    return coverage
+
+
 def zone_embeddings(cell_embeddings: pd.DataFrame, zone_cells: pd.DataFrame) -> pd.DataFrame:
     """Average cell embeddings per zone, weighted by the overlap area of zone and cell.
 
@@ -247,6 +290,7 @@ def run_variant(
     if "imagery" in data.modalities and context.config.model.imagery_input == "chips":
         # The CNN tower reads image chips instead of the band statistics.
         data.modalities["imagery"] = chip_modality(context.root, context.config, data.cell_ids)
+    coverage = modality_coverage(data)
     model_config, train_config = model_settings(context, variant, features)
     checkpoints = safe_child(context.root, "checkpoints", name, fingerprint[:16])
     train_config = replace(train_config, checkpoint_dir=checkpoints, resume=resume)
@@ -296,6 +340,9 @@ def run_variant(
         "cells": float(data.num_nodes),
         "edges": float(data.num_edges),
     }
+    for modality, (present, anchored) in coverage.items():
+        metrics[f"cells_{modality}"] = float(present)
+        metrics[f"cells_{modality}_with_mobility"] = float(anchored)
     if result.inductive is not None:
         inductive = result.inductive.to_metrics()
         metrics.update({f"inductive_{key}": float(value) for key, value in inductive.items()})
