@@ -231,7 +231,8 @@ def align_features(
             f"{feature_cells[~found][:_MAX_LISTED].tolist()}; add them to the node set"
         )
 
-    flat = values.reshape(len(values), -1)
+    # An explicit width, because reshape cannot infer -1 when there are no rows.
+    flat = values.reshape(len(values), int(np.prod(values.shape[1:])))
     finite = np.isfinite(flat)
     all_missing = np.isnan(flat).all(axis=1)
     bad_rows = np.flatnonzero(~finite.all(axis=1) & ~all_missing)

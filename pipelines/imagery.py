@@ -423,6 +423,8 @@ def chip_table(
     chips, shares = sample_chips(rasters, cell_ids, size)
     thresholds = np.array([raster.min_valid_share for raster, _ in rasters])
     low_coverage = (shares < thresholds[None, :]).any(axis=1)
+    if len(rasters) > 1 and low_coverage.all():
+        _warn_disjoint_rasters(rasters, shares, thresholds)
 
     with np.errstate(invalid="ignore"):
         counts = np.isfinite(chips).sum(axis=(2, 3))
@@ -449,6 +451,25 @@ def chip_table(
             "chip_min": pa.array(np.where(low_coverage, np.nan, extremes.min(axis=1))),
             "chip_max": pa.array(np.where(low_coverage, np.nan, extremes.max(axis=1))),
         }
+    )
+
+
+def _warn_disjoint_rasters(
+    rasters: list[tuple[RasterConfig, list[Tile]]], shares: np.ndarray, thresholds: np.ndarray
+) -> None:
+    """Warn that no cell has a chip although some raster alone would cover cells."""
+    alone = {
+        raster.name: int((shares[:, position] >= thresholds[position]).sum())
+        for position, (raster, _) in enumerate(rasters)
+    }
+    if not any(alone.values()):
+        return
+    logger.warning(
+        "%s: no cell has a chip, because a chip needs min_valid_share of every imagery "
+        "raster and these rasters cover no common cell (cells covered by each one alone: %s). "
+        "List as modality: imagery only rasters that overlap",
+        CHIPS_TABLE,
+        alone,
     )
 
 

@@ -172,6 +172,16 @@ def test_align_features_places_chips_on_node_rows():
     assert torch.equal(modality.features[1], torch.zeros(3, 4, 4))
 
 
+def test_align_features_without_rows():
+    nodes = np.array([CELL_A, CELL_B], dtype=np.uint64)
+
+    modality = align_features(nodes, np.empty(0, dtype=np.uint64), np.empty((0, 3, 4, 4)))
+
+    assert modality.feature_shape == (3, 4, 4)
+    assert modality.mask.tolist() == [False, False]
+    assert modality.num_present == 0
+
+
 def test_align_features_rejects_unknown_cells():
     nodes = np.array([CELL_A], dtype=np.uint64)
 
