@@ -22,7 +22,8 @@ counts and text-encoder outputs enter on a comparable scale.
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -31,9 +32,12 @@ from mora_models.graph import (
     NormalizedAdjacency,
     csr_tensor,
     propagate,
+    propagate_rows,
     propagate_subgraph,
     sample_subgraph,
+    symmetric_transpose_positions,
 )
+from mora_models.losses import LowRankEmbedding
 
 TowerKind = Literal["linear", "mlp", "cnn"]
 EncoderKind = Literal["lightgcn", "mlp"]
@@ -89,6 +93,10 @@ class Tower(nn.Module):
 
     standardize: Standardize
 
+    def low_rank(self, x: torch.Tensor) -> LowRankEmbedding | None:
+        """Return the output for ``x`` as factors ``left @ right.T``, or None if not built so."""
+        return None
+
 
 class LinearTower(Tower):
     """Linear projection of frozen feature vectors.
@@ -110,6 +118,10 @@ class LinearTower(Tower):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Project standardised features to the embedding width."""
         return self.linear(self.standardize(x))
+
+    def low_rank(self, x: torch.Tensor) -> LowRankEmbedding:
+        """Return the output as ``[z, 1] @ [W, b]ᵀ`` for standardised features z."""
+        return _affine_factors(self.standardize(x), self.linear)
 
 
 class MLPTower(Tower):
@@ -135,6 +147,11 @@ class MLPTower(Tower):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map standardised features through the MLP."""
         return self.layers(self.standardize(x))
+
+    def low_rank(self, x: torch.Tensor) -> LowRankEmbedding:
+        """Return the output as ``[h, 1] @ [W, b]ᵀ`` for hidden activations h."""
+        hidden = self.layers[:-1](self.standardize(x))
+        return _affine_factors(hidden, cast(nn.Linear, self.layers[-1]))
 
 
 class ChipCNN(Tower):
@@ -166,6 +183,14 @@ class ChipCNN(Tower):
         return self.head(self.features(self.standardize(x)))
 
 
+def _affine_factors(inputs: torch.Tensor, linear: nn.Linear) -> LowRankEmbedding:
+    """Factor ``linear(inputs)`` as ``[inputs, 1] @ [weight, bias]ᵀ``."""
+    ones = inputs.new_ones(len(inputs), 1)
+    return LowRankEmbedding(
+        torch.cat([inputs, ones], dim=1), torch.cat([linear.weight, linear.bias[:, None]], dim=1)
+    )
+
+
 def build_tower(kind: TowerKind, feature_shape: tuple[int, ...], dim: int, hidden: int) -> Tower:
     """Build an auxiliary tower.
 
@@ -195,6 +220,15 @@ def build_tower(kind: TowerKind, feature_shape: tuple[int, ...], dim: int, hidde
     if kind == "mlp":
         return MLPTower(feature_shape[0], hidden, dim)
     raise ValueError(f"unknown tower kind {kind!r}; use linear, mlp or cnn")
+
+
+@dataclass
+class _OperatorCache:
+    """The CSR operator built from a MobilityEncoder's buffers, and the buffers' identity."""
+
+    key: tuple[object, ...]
+    operator: torch.Tensor
+    transpose_positions: torch.Tensor | None = None
 
 
 class MobilityEncoder(nn.Module):
@@ -255,6 +289,7 @@ class MobilityEncoder(nn.Module):
         self.register_buffer("adjacency_col", adjacency.col_indices)
         self.register_buffer("adjacency_values", adjacency.values)
         self.register_buffer("degree", adjacency.degree)
+        self._operator_cache: _OperatorCache | None = None
         self.mlp = (
             nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
             if encoder == "mlp"
@@ -273,6 +308,34 @@ class MobilityEncoder(nn.Module):
             self.adjacency_crow, self.adjacency_col, self.adjacency_values, self.degree
         )
 
+    def operator(self) -> torch.Tensor:
+        """Return ``Â`` as an ``[N, N]`` sparse CSR tensor, with int32 indices where they fit.
+
+        The sparse product on the CPU (MKL) takes int32 indices and copies int64
+        ones on every call, so the int32 copy is made once and reused until a
+        buffer is replaced, moved or changed in place (``load_state_dict``).
+        """
+        return self._cached_operator().operator
+
+    def transpose_positions(self) -> torch.Tensor:
+        """Return :func:`symmetric_transpose_positions` of :meth:`operator`, computed once."""
+        cache = self._cached_operator()
+        if cache.transpose_positions is None:
+            cache.transpose_positions = symmetric_transpose_positions(cache.operator)
+        return cache.transpose_positions
+
+    def _cached_operator(self) -> _OperatorCache:
+        buffers = (self.adjacency_crow, self.adjacency_col, self.adjacency_values)
+        key = tuple((buffer.data_ptr(), buffer._version, buffer.device) for buffer in buffers)
+        if self._operator_cache is not None and self._operator_cache.key == key:
+            return self._operator_cache
+        crow, col, values = buffers
+        if max(len(col), len(crow)) <= torch.iinfo(torch.int32).max:
+            crow, col = crow.to(torch.int32), col.to(torch.int32)
+        operator = csr_tensor(crow, col, values, len(self.degree))
+        self._operator_cache = _OperatorCache(key, operator)
+        return self._operator_cache
+
     def forward(
         self, nodes: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
@@ -285,8 +348,11 @@ class MobilityEncoder(nn.Module):
                 self.adjacency(), nodes, self.num_layers, self.fanout, generator
             )
             return propagate_subgraph(subgraph, self.table)
-        operator = csr_tensor(
-            self.adjacency_crow, self.adjacency_col, self.adjacency_values, len(self.degree)
+        operator = self.operator()
+        if nodes is None:
+            return propagate(operator, self.table, self.num_layers, self.chunk_rows)
+        # The transposed block is needed only when a gradient flows back.
+        positions = self.transpose_positions() if torch.is_grad_enabled() else None
+        return propagate_rows(
+            operator, self.table, self.num_layers, nodes, self.chunk_rows, positions
         )
-        output = propagate(operator, self.table, self.num_layers, self.chunk_rows)
-        return output if nodes is None else output[nodes]

@@ -35,7 +35,13 @@ from mora_models.encoders import (
 )
 from mora_models.graph import NormalizedAdjacency, normalized_adjacency, top_k_sparsify
 from mora_models.line import train_line
-from mora_models.losses import MIN_PAIR_CELLS, StarLoss, star_info_nce
+from mora_models.losses import (
+    MIN_PAIR_CELLS,
+    LogitBuffers,
+    LowRankEmbedding,
+    StarLoss,
+    star_info_nce,
+)
 from pipelines.constants import EMBEDDING_DIM
 from pipelines.errors import ConfigError
 
@@ -208,6 +214,8 @@ class MoRA(nn.Module):
             except ValueError as error:
                 raise ConfigError(f"modality {name!r}: {error}") from error
         self.towers = nn.ModuleDict(towers)
+        # Reused memory of the contrastive logits; training releases it at the end.
+        self.logit_buffers = LogitBuffers()
 
     @property
     def num_nodes(self) -> int:
@@ -345,13 +353,16 @@ class MoRA(nn.Module):
         """
         if mobility is None:
             mobility = self.mobility(nodes, generator)
-        auxiliary = {}
+        auxiliary: dict[str, tuple[torch.Tensor | LowRankEmbedding, torch.Tensor]] = {}
         for name, (features, mask) in batch.items():
             if int(mask.sum()) >= MIN_PAIR_CELLS:
-                auxiliary[name] = (self.encode(name, features), mask)
+                # Factors give the loss the same logits with a shorter inner product.
+                factors = self.tower(name).low_rank(features)
+                embedded = self.encode(name, features) if factors is None else factors
+                auxiliary[name] = (embedded, mask)
             else:
                 auxiliary[name] = (mobility.new_zeros(0, mobility.shape[1]), mask)
-        result = star_info_nce(mobility, auxiliary, self.config.temperatures)
+        result = star_info_nce(mobility, auxiliary, self.config.temperatures, self.logit_buffers)
 
         # Towers left out of this batch still join the autograd graph with a
         # zero term, so every parameter gets a gradient; DistributedDataParallel

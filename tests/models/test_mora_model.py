@@ -236,3 +236,17 @@ def test_from_state_dict_rebuilds_the_model(manhattan_graph):
 
     assert torch.equal(rebuilt.embed(), model.embed())
     assert np.isclose(float(rebuilt.mobility.degree.sum()), float(model.mobility.degree.sum()))
+
+
+def test_operator_follows_loaded_adjacency(manhattan_graph):
+    model = MoRA.from_data(manhattan_graph, ModelConfig(init="random"), seed=0)
+    before = model.embed()
+    state = model.state_dict()
+    state["mobility.adjacency_values"] = state["mobility.adjacency_values"] * 0.5
+
+    model.load_state_dict(state)
+    after = model.embed()
+
+    rebuilt = MoRA.from_state_dict(model.config, model.modality_shapes, state)
+    assert torch.equal(after, rebuilt.embed())
+    assert not torch.allclose(after, before)

@@ -7,11 +7,14 @@ import torch
 
 from mora_models.graph import (
     SymmetricSpMM,
+    csr_tensor,
     estimate_spmm_bytes,
     normalized_adjacency,
     propagate,
+    propagate_rows,
     propagate_subgraph,
     sample_subgraph,
+    symmetric_transpose_positions,
     top_k_sparsify,
 )
 
@@ -133,6 +136,55 @@ def random_graph(num_nodes: int, num_edges: int, seed: int) -> tuple[torch.Tenso
     keys = torch.unique(pairs[0] * num_nodes + pairs[1])
     index = torch.stack([keys // num_nodes, keys % num_nodes])
     return index, torch.rand(len(keys), generator=generator) + 0.1
+
+
+def int32_operator(adjacency) -> torch.Tensor:
+    """The operator with int32 indices, as MobilityEncoder builds it."""
+    crow, col = adjacency.crow_indices.int(), adjacency.col_indices.int()
+    return csr_tensor(crow, col, adjacency.values, adjacency.num_nodes)
+
+
+@pytest.mark.parametrize("use_positions", [False, True])
+@pytest.mark.parametrize("chunk_rows", [None, 7])
+@pytest.mark.parametrize("num_layers", [0, 1, 2, 3])
+def test_batch_rows_match_full_propagation(num_layers, chunk_rows, use_positions):
+    index, weight = random_graph(60, 500, seed=11)
+    operator = int32_operator(normalized_adjacency(index, weight, 60))
+    positions = symmetric_transpose_positions(operator) if use_positions else None
+    generator = torch.Generator().manual_seed(12)
+    table = torch.randn(60, 5, generator=generator, dtype=torch.float64)
+    operator = csr_tensor(
+        operator.crow_indices(), operator.col_indices(), operator.values().double(), 60
+    )
+    # Unsorted, with a repeat, and with node 59, which may have no edges.
+    nodes = torch.tensor([41, 3, 17, 3, 59, 0, 25])
+    probe = torch.randn(len(nodes), 5, generator=generator, dtype=torch.float64)
+
+    rows_input = table.clone().requires_grad_(True)
+    rows = propagate_rows(operator, rows_input, num_layers, nodes, chunk_rows, positions)
+    (rows * probe).sum().backward()
+    full_input = table.clone().requires_grad_(True)
+    full = propagate(operator, full_input, num_layers, chunk_rows)[nodes]
+    (full * probe).sum().backward()
+
+    assert torch.allclose(rows, full, atol=1e-12)
+    assert torch.allclose(rows_input.grad, full_input.grad, atol=1e-12)
+
+
+def test_transpose_positions_point_at_mirror_entries():
+    index, weight = random_graph(40, 300, seed=13)
+    operator = int32_operator(normalized_adjacency(index, weight, 40))
+    crow = operator.crow_indices().long()
+    rows = torch.repeat_interleave(torch.arange(40), crow[1:] - crow[:-1])
+    cols = operator.col_indices().long()
+
+    positions = symmetric_transpose_positions(operator)
+
+    assert positions.dtype == torch.int32
+    positions = positions.long()
+    assert torch.equal(rows[positions], cols)
+    assert torch.equal(cols[positions], rows)
+    assert torch.equal(operator.values()[positions], operator.values())
 
 
 def test_subgraph_without_fanout_is_exact():

@@ -2,9 +2,29 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
-from mora_models.losses import info_nce, star_info_nce
+from mora_models.encoders import LinearTower, MLPTower
+from mora_models.losses import LogitBuffers, LowRankEmbedding, info_nce, star_info_nce
+
+
+def cross_entropy_reference(
+    anchor: torch.Tensor, other: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """The two cross-entropies of the definition, with log-softmax on rows and columns."""
+    logits = F.normalize(anchor, dim=-1) @ F.normalize(other, dim=-1).T / temperature
+    targets = torch.arange(len(anchor))
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+def loss_and_gradients(loss_fn, anchor: torch.Tensor, other: torch.Tensor):
+    anchor = anchor.clone().requires_grad_(True)
+    other = other.clone().requires_grad_(True)
+    loss = loss_fn(anchor, other)
+    loss.backward()
+    return loss.detach(), anchor.grad, other.grad
 
 
 def test_info_nce_hand_computed_value():
@@ -79,3 +99,107 @@ def test_star_without_active_pair_is_zero_and_differentiable():
 
     assert float(result.total.detach()) == 0.0
     assert torch.equal(mobility.grad, torch.zeros(3, 4))
+
+
+# τ = 0.01 with 300 cells exceeds the exponent bound and takes the log-softmax path.
+@pytest.mark.parametrize(("size", "temperature"), [(2, 0.5), (9, 0.2), (300, 0.7), (300, 0.01)])
+def test_info_nce_matches_cross_entropies(size, temperature):
+    generator = torch.Generator().manual_seed(size)
+    anchor = torch.randn(size, 16, generator=generator, dtype=torch.float64)
+    other = torch.randn(size, 16, generator=generator, dtype=torch.float64)
+
+    loss, grad_anchor, grad_other = loss_and_gradients(
+        lambda a, b: info_nce(a, b, temperature), anchor, other
+    )
+    expected, expected_anchor, expected_other = loss_and_gradients(
+        lambda a, b: cross_entropy_reference(a, b, temperature), anchor, other
+    )
+
+    assert torch.allclose(loss, expected, rtol=1e-12)
+    assert torch.allclose(grad_anchor, expected_anchor, rtol=1e-9, atol=1e-15)
+    assert torch.allclose(grad_other, expected_other, rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("tower_kind", ["linear", "mlp"])
+def test_low_rank_tower_output_gives_same_loss(tower_kind):
+    torch.manual_seed(3)
+    tower = LinearTower(5, 32) if tower_kind == "linear" else MLPTower(5, 8, 32)
+    tower.double()
+    generator = torch.Generator().manual_seed(4)
+    features = torch.randn(50, 5, generator=generator, dtype=torch.float64)
+    mobility = torch.randn(50, 32, generator=generator, dtype=torch.float64)
+
+    factors = tower.low_rank(features)
+    assert factors.rank == (6 if tower_kind == "linear" else 9)
+    assert torch.allclose(factors.dense(), tower(features), atol=1e-12)
+
+    low_rank = info_nce(mobility, factors, 0.3)
+    low_rank.backward()
+    low_rank_grads = [param.grad.clone() for param in tower.parameters()]
+    tower.zero_grad()
+    dense = info_nce(mobility, tower(features), 0.3)
+    dense.backward()
+
+    assert torch.allclose(low_rank, dense, rtol=1e-12)
+    for low_rank_grad, param in zip(low_rank_grads, tower.parameters(), strict=True):
+        assert torch.allclose(low_rank_grad, param.grad, rtol=1e-9, atol=1e-14)
+
+
+def test_low_rank_of_full_rank_uses_dense_product():
+    generator = torch.Generator().manual_seed(5)
+    mobility = torch.randn(20, 4, generator=generator, dtype=torch.float64)
+    factors = LowRankEmbedding(
+        torch.randn(20, 6, generator=generator, dtype=torch.float64),
+        torch.randn(4, 6, generator=generator, dtype=torch.float64),
+    )
+
+    assert torch.allclose(
+        info_nce(mobility, factors, 0.5), info_nce(mobility, factors.dense(), 0.5)
+    )
+
+
+def test_logit_buffers_are_reused_and_give_same_result():
+    generator = torch.Generator().manual_seed(6)
+    anchor = torch.randn(64, 8, generator=generator)
+    other = torch.randn(64, 8, generator=generator)
+    buffers = LogitBuffers()
+
+    first = loss_and_gradients(lambda a, b: info_nce(a, b, 0.5, buffers), anchor, other)
+    pooled = buffers._free[0]
+    second = loss_and_gradients(lambda a, b: info_nce(a, b, 0.5, buffers), anchor, other)
+    fresh = loss_and_gradients(lambda a, b: info_nce(a, b, 0.5), anchor, other)
+
+    assert len(buffers._free) == 1
+    assert buffers._free[0] is pooled
+    for pooled_value, fresh_value in zip(first, fresh, strict=True):
+        assert torch.equal(pooled_value, fresh_value)
+    for pooled_value, fresh_value in zip(second, fresh, strict=True):
+        assert torch.equal(pooled_value, fresh_value)
+
+
+def test_logit_buffers_are_not_shared_by_pending_losses():
+    generator = torch.Generator().manual_seed(7)
+    anchor = torch.randn(32, 8, generator=generator, requires_grad=True)
+    other = torch.randn(32, 8, generator=generator)
+    shifted = torch.randn(32, 8, generator=generator)
+    buffers = LogitBuffers()
+    info_nce(anchor, other, 0.5, buffers).backward()
+    anchor.grad = None
+
+    # Two losses wait for one backward pass: each must keep its own buffer.
+    (info_nce(anchor, other, 0.5, buffers) + info_nce(anchor, shifted, 0.5, buffers)).backward()
+    pooled_grad = anchor.grad.clone()
+    anchor.grad = None
+    (info_nce(anchor, other, 0.5) + info_nce(anchor, shifted, 0.5)).backward()
+
+    assert torch.equal(pooled_grad, anchor.grad)
+    assert len(buffers._free) == 2
+
+
+def test_fused_backward_runs_once():
+    anchor = torch.randn(8, 4, requires_grad=True)
+    loss = info_nce(anchor, torch.randn(8, 4), 0.5)
+    loss.backward(retain_graph=True)
+
+    with pytest.raises(RuntimeError, match="runs once"):
+        loss.backward()
