@@ -50,9 +50,8 @@ def _load(args: argparse.Namespace):
     overrides = {}
     if getattr(args, "resolution", None) is not None:
         overrides["resolution"] = args.resolution
-    if getattr(args, "output_root", None) is not None:
-        overrides["output_root"] = str(args.output_root)
-    return load_config(args.config, overrides)
+    # --output-root wins over MORA_OUTPUT_ROOT, which wins over the config's output_root.
+    return load_config(args.config, overrides, output_root=getattr(args, "output_root", None))
 
 
 class _EpochProgress:
@@ -86,12 +85,15 @@ class _EpochProgress:
 
 
 def _run(args: argparse.Namespace, stages: Sequence[str], config=None) -> int:
+    from pipelines.config import check_variant_names
     from pipelines.partitions import PartitionScope
     from pipelines.runner import RunOptions, run_pipeline
 
     config = config if config is not None else _load(args)
     progress = _EpochProgress(config.training.max_epochs)
     variants = tuple(args.variant) if getattr(args, "variant", None) else None
+    if variants is not None:
+        check_variant_names(list(variants), "--variant")
     if getattr(args, "ablations", False):
         variants = tuple(config.benchmark.variants)
     options = RunOptions(
@@ -163,7 +165,8 @@ def _compare(args: argparse.Namespace) -> int:
     from pipelines.run_compare import compare_runs, format_diff
     from pipelines.tracking import redact_uri, tracking_uri
 
-    uri = args.tracking_uri or tracking_uri(Path(os.environ.get(OUTPUT_ROOT_ENV, "outputs")))
+    root = args.output_root or Path(os.environ.get(OUTPUT_ROOT_ENV, "outputs"))
+    uri = args.tracking_uri or tracking_uri(root)
     client = mlflow.MlflowClient(tracking_uri=uri)
     diff = compare_runs(client, args.run_a, args.run_b)
     print(f"tracking store {redact_uri(uri)}")
@@ -189,12 +192,12 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from pipelines import embedding
+    from pipelines.config import check_variant_names
     from pipelines.errors import ConfigError
 
     config = _load(args)
+    check_variant_names([args.variant], "--variant")
     if args.cell:
         result = embedding.embed_cells(config, args.cell, args.variant)
     elif args.lon is not None:
@@ -203,14 +206,9 @@ def _embed(args: argparse.Namespace) -> int:
         result = embedding.embed_points(config, [args.lon], [args.lat], args.variant,
                                         encoder_only=args.encoder_only)
     elif args.points is not None:
-        points = pd.read_csv(args.points)
-        missing = [c for c in (args.lon_column, args.lat_column) if c not in points.columns]
-        if missing:
-            raise ConfigError(f"{args.points}: column(s) {missing} not found; the file has "
-                              f"{list(points.columns)}. Name them with --lon-column/--lat-column")
+        lon, lat = embedding.read_points(args.points, args.lon_column, args.lat_column)
         result = embedding.embed_points(
-            config, points[args.lon_column].to_numpy(), points[args.lat_column].to_numpy(),
-            args.variant, encoder_only=args.encoder_only,
+            config, lon, lat, args.variant, encoder_only=args.encoder_only
         )
     else:
         result = embedding.embed_polygons(
@@ -226,12 +224,21 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _quarantine(args: argparse.Namespace) -> int:
+    from pipelines.config import OUTPUT_ROOT_ENV
+    from pipelines.errors import DataNotFoundError
     from pipelines.storage import read_quarantine
 
     config = _load(args)
+    tables = config.region_root / "tables"
+    if not tables.is_dir():
+        raise DataNotFoundError(
+            f"region {config.name} has no outputs at {config.region_root}; run "
+            f"`mora ingest {args.config}` first, or point --output-root or "
+            f"{OUTPUT_ROOT_ENV} at the root it was run with"
+        )
     rows = read_quarantine(config.region_root)
     if rows.empty:
-        print("no quarantined rows")
+        print(f"no quarantined rows in {config.region_root}")
         return 0
     summary = rows.groupby(["stage", "source", "rule"]).size().rename("rows").reset_index()
     print(summary.to_string(index=False))
@@ -349,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark = stage_command("benchmark", "score embeddings and baselines on the benchmark tasks")
     _benchmark_options(benchmark)
     ablations = stage_command(
-        "ablations", "train every baseline and ablation, then benchmark them (benchmark --ablations)"
+        "ablations",
+        "train every baseline and ablation, then benchmark them (benchmark --ablations)",
     )
     _benchmark_options(ablations, ablation_flag=False)
     scaling = stage_command(
@@ -370,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--tracking-uri",
         help="tracking store; default MLFLOW_TRACKING_URI, else <output root>/mlflow.db",
     )
+    compare.add_argument(
+        "--output-root",
+        type=Path,
+        help="output root whose mlflow.db is read (default MORA_OUTPUT_ROOT, else outputs)",
+    )
     compare.add_argument("--all", action="store_true", help="list equal metrics too")
 
     register = commands.add_parser(
@@ -389,15 +402,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     quarantine = commands.add_parser("quarantine", help="summarise rejected rows of a region")
     quarantine.add_argument("config", type=Path, help="region config YAML")
+    quarantine.add_argument("--output-root", type=Path, help="override the config's output root")
 
     embed = commands.add_parser(
         "embed", help="embeddings of H3 cells, of any coordinates or of a polygon layer"
     )
     embed.add_argument("config", type=Path, help="region config YAML (trained)")
+    embed.add_argument("--output-root", type=Path, help="override the config's output root")
     target = embed.add_mutually_exclusive_group(required=True)
-    target.add_argument("--cell", action="append", help="H3 cell in hexadecimal (repeatable)")
+    target.add_argument(
+        "--cell",
+        action="append",
+        help="H3 cell, hexadecimal (852a1073fffffff) or decimal uint64 (repeatable)",
+    )
     target.add_argument("--lon", type=float, help="longitude in degrees of one point (with --lat)")
-    target.add_argument("--points", type=Path, help="CSV of points (with --lon-column/--lat-column)")
+    target.add_argument(
+        "--points", type=Path, help="CSV of points (with --lon-column/--lat-column)"
+    )
     target.add_argument("--polygons", type=Path, help="vector file of polygons to embed")
     embed.add_argument("--lat", type=float, help="latitude in degrees of the point given by --lon")
     embed.add_argument("--lon-column", default="lon", help="longitude column of --points")
@@ -408,7 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--encoder-only", action="store_true",
                        help="embed points with the location encoder even inside trained cells")
     embed.add_argument("--variant", default="mora", help="trained variant (default: mora)")
-    embed.add_argument("--output", type=Path, help="write a .parquet or .csv file instead of printing")
+    embed.add_argument(
+        "--output", type=Path, help="write a .parquet or .csv file instead of printing"
+    )
 
     data = commands.add_parser("data", help="the dataset registry and the local cache")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -452,6 +475,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MoraError as error:
         logger.error("%s", error)
         return 2
+    except BrokenPipeError:
+        # The reader of stdout exited (`mora data list | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         logger.error(
             "interrupted; published tables are intact, staging files are removed on the next run"

@@ -17,13 +17,33 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipelines import datasets
 from pipelines.constants import MAX_RESOLUTION, MIN_RESOLUTION
 from pipelines.errors import ConfigError, DataNotFoundError, UnsafePathError
 
 OUTPUT_ROOT_ENV = "MORA_OUTPUT_ROOT"
+# Names of the trained models, the keys of ``pipelines.training.VARIANTS``,
+# listed here so a config is checked without importing the training stack.
+TRAINED_VARIANTS: tuple[str, ...] = (
+    "mora",
+    "h3_adjacency",
+    "mobility_only",
+    "mlp_encoder",
+    "random_init",
+    "without_poi",
+    "without_census",
+    "without_imagery",
+)
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 
 
@@ -648,7 +668,8 @@ class CensusTableConfig(_Strict):
         overlap = set(self.extensive) & set(self.intensive)
         if overlap:
             raise ValueError(
-                f"census table {self.name!r} lists {sorted(overlap)} as both extensive and intensive"
+                f"census table {self.name!r} lists {sorted(overlap)} "
+                "as both extensive and intensive"
             )
         unknown = set(self.suppressed_columns) - set(self.extensive) - set(self.intensive)
         if unknown:
@@ -922,6 +943,11 @@ class BenchmarkSettings(_Strict):
     @field_validator("variants")
     @classmethod
     def _check_variants(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in TRAINED_VARIANTS]
+        if unknown:
+            raise ValueError(
+                f"unknown variant(s) {unknown}; choose from {', '.join(TRAINED_VARIANTS)}"
+            )
         if "mora" not in value:
             raise ValueError("benchmark.variants must include 'mora', the method itself")
         return value
@@ -990,7 +1016,10 @@ class RegionConfig(_Strict):
     Attributes:
         name: Region name; output tables go under ``<output_root>/<name>``.
         resolution: H3 resolution of the cells (5 is about 250 km² a cell).
-        output_root: Directory of all outputs; ``MORA_OUTPUT_ROOT`` overrides it.
+        output_root: Directory of all outputs. ``MORA_OUTPUT_ROOT`` overrides
+            it, and an explicit root given to :func:`load_config` (the
+            ``--output-root`` option) overrides both. A relative root is
+            resolved against the current directory, not the config's.
         source_file: The YAML file this config was read from, if any.
     """
 
@@ -1009,6 +1038,8 @@ class RegionConfig(_Strict):
     benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)
     source_file: Path | None = Field(default=None, exclude=True)
+    # Set by with_output_root; when set, MORA_OUTPUT_ROOT is ignored.
+    _explicit_output_root: Path | None = PrivateAttr(default=None)
 
     _name = field_validator("name")(_check_name)
 
@@ -1038,9 +1069,22 @@ class RegionConfig(_Strict):
 
     @property
     def region_root(self) -> Path:
-        """Directory that holds every output of this region."""
-        root = Path(os.environ.get(OUTPUT_ROOT_ENV, self.output_root))
+        """Directory that holds every output of this region.
+
+        The root is the explicit one of :meth:`with_output_root`, else
+        ``MORA_OUTPUT_ROOT``, else ``output_root``.
+        """
+        if self._explicit_output_root is not None:
+            root = self._explicit_output_root
+        else:
+            root = Path(os.environ.get(OUTPUT_ROOT_ENV, self.output_root))
         return (root / self.name).resolve()
+
+    def with_output_root(self, root: str | Path) -> RegionConfig:
+        """Return a copy whose outputs go under ``root``, ignoring ``MORA_OUTPUT_ROOT``."""
+        copy = self.model_copy(update={"output_root": Path(root)})
+        copy._explicit_output_root = Path(root)
+        return copy
 
     def resolve_input(self, reference: str) -> Path:
         """Return the local path of an input named by registry key or path.
@@ -1101,7 +1145,12 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return _deep_merge(base, raw)
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RegionConfig:
+def load_config(
+    path: str | Path,
+    overrides: dict[str, Any] | None = None,
+    *,
+    output_root: str | Path | None = None,
+) -> RegionConfig:
     """Read and validate a region config.
 
     A config may start with ``extends: other.yaml`` (relative to its own
@@ -1111,6 +1160,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     Args:
         path: YAML file.
         overrides: Keys merged over the file's in the same way (``{"resolution": 4}``).
+            An ``output_root`` key here still yields to ``MORA_OUTPUT_ROOT``.
+        output_root: Output root that wins over ``MORA_OUTPUT_ROOT`` and the
+            file (the CLI's ``--output-root``).
 
     Raises:
         ConfigError: The file is missing, is not valid YAML, or fails validation;
@@ -1126,7 +1178,23 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
             for item in error.errors()
         )
         raise ConfigError(f"invalid config {path}: {problems}") from error
-    return config.model_copy(update={"source_file": path.resolve()})
+    config = config.model_copy(update={"source_file": path.resolve()})
+    if output_root is not None:
+        config = config.with_output_root(output_root)
+    return config
+
+
+def check_variant_names(names: list[str], option: str) -> None:
+    """Raise unless every name is a trained variant.
+
+    Raises:
+        ConfigError: Names the unknown variants, the option and the valid names.
+    """
+    unknown = [name for name in names if name not in TRAINED_VARIANTS]
+    if unknown:
+        raise ConfigError(
+            f"{option}: unknown variant(s) {unknown}; choose from {', '.join(TRAINED_VARIANTS)}"
+        )
 
 
 def safe_child(root: Path, *parts: str) -> Path:

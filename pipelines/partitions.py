@@ -95,20 +95,28 @@ def label_period(label: str) -> tuple[date, date] | None:
 
 
 def parse_day(value: str | date | None, name: str) -> date | None:
-    """Read a window bound: ``YYYY-MM-DD``, a date, an ISO timestamp, or None.
+    """Read a window bound: a ``YYYY-MM-DD`` text, a date, or None.
+
+    Only the calendar date form is accepted. A timestamp or a ``datetime``,
+    with or without a UTC offset, is rejected rather than cut to its date,
+    because the day it names depends on the offset.
 
     Raises:
-        ConfigError: The value is not a date; names the option.
+        ConfigError: The value is not a ``YYYY-MM-DD`` date; names the option.
     """
-    if value is None or isinstance(value, date):
+    # A datetime is a date subclass but names a moment, so it is checked as text.
+    if value is None or type(value) is date:
         return value
     text = str(value).strip()
     if text in ("", "null", "None"):
         return None
+    message = f"{name} must be a date like 2015-07-01 (YYYY-MM-DD), found {value!r}"
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
+        raise ConfigError(message)
     try:
-        return date.fromisoformat(text[:10])
+        return date.fromisoformat(text)
     except ValueError as error:
-        raise ConfigError(f"{name} must be a date like 2015-07-01, found {value!r}") from error
+        raise ConfigError(message) from error
 
 
 @dataclass(frozen=True)

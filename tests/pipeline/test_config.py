@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import load_config, safe_child
+from pipelines.config import OUTPUT_ROOT_ENV, TRAINED_VARIANTS, load_config, safe_child
 from pipelines.errors import ConfigError, DataNotFoundError, UnsafePathError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -72,3 +72,40 @@ def test_safe_child_rejects_escapes(tmp_path):
         safe_child(tmp_path, "..", "elsewhere")
     with pytest.raises(UnsafePathError):
         safe_child(tmp_path, "/etc")
+
+
+def test_output_root_precedence(tmp_path, monkeypatch):
+    monkeypatch.delenv(OUTPUT_ROOT_ENV, raising=False)
+    from_file = load_config(CONFIGS / "us_new_york.yaml", {"output_root": str(tmp_path / "file")})
+    assert from_file.region_root == (tmp_path / "file" / "us_new_york").resolve()
+
+    monkeypatch.setenv(OUTPUT_ROOT_ENV, str(tmp_path / "env"))
+    assert from_file.region_root == (tmp_path / "env" / "us_new_york").resolve()
+
+    explicit = load_config(
+        CONFIGS / "us_new_york.yaml",
+        {"output_root": str(tmp_path / "file")},
+        output_root=tmp_path / "flag",
+    )
+    assert explicit.region_root == (tmp_path / "flag" / "us_new_york").resolve()
+    # Copies made by later stages keep the explicit root.
+    copy = explicit.model_copy(update={"resolution": 4})
+    assert copy.region_root == (tmp_path / "flag" / "us_new_york").resolve()
+
+
+def test_unknown_variant_rejected_on_load(tmp_path):
+    path = tmp_path / "variant.yaml"
+    path.write_text(
+        "extends: " + str(CONFIGS / "us_new_york.yaml") + "\n"
+        "benchmark:\n  variants: [mora, ../../../escape_variant]\n"
+    )
+    with pytest.raises(ConfigError, match="escape_variant") as error:
+        load_config(path)
+    assert "h3_adjacency" in str(error.value)
+    assert "mlp_encoder" in str(error.value)
+
+
+def test_variant_names_match_training():
+    from pipelines.training import VARIANTS
+
+    assert set(TRAINED_VARIANTS) == set(VARIANTS)
