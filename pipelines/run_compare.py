@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 from pipelines.errors import ConfigError
 
+# Marks printed in place of a metric that one of the two runs did not log.
+_ABSENT_COUNT = "reused"
+_ABSENT = "–"
+
 
 @dataclass(frozen=True)
 class RunDiff:
@@ -74,7 +78,13 @@ def compare_runs(client, run_a: str, run_b: str) -> RunDiff:
 
 
 def format_diff(diff: RunDiff, run_a: str, run_b: str, *, changed_only: bool = True) -> str:
-    """Format a :class:`RunDiff` as two plain-text tables."""
+    """Format a :class:`RunDiff` as two plain-text tables.
+
+    A metric one run lacks is shown as ``reused`` when it is a row count
+    (``rows_*``), because a stage that keeps its current tables reads no
+    rows and logs no counts, and as ``–`` otherwise. A footnote explains
+    each mark shown.
+    """
     lines = [f"A = {run_a}", f"B = {run_b}", ""]
     lines.append(f"params: {len(diff.params)} differ, {diff.same_params} equal")
     width = max([len(name) for name, _, _ in diff.params] + [5])
@@ -89,10 +99,31 @@ def format_diff(diff: RunDiff, run_a: str, run_b: str, *, changed_only: bool = T
     lines.append(f"metrics: {len(rows)} shown of {len(diff.metrics)}")
     width = max([len(name) for name, _, _ in rows] + [6])
     lines.append(f"  {'metric':<{width}}  {'A':>12}  {'B':>12}  {'B - A':>12}")
+    marks: set[str] = set()
     for name, left, right in rows:
-        delta = right - left if math.isfinite(left) and math.isfinite(right) else math.nan
-        lines.append(f"  {name:<{width}}  {left:>12.6g}  {right:>12.6g}  {delta:>+12.6g}")
+        mark = _ABSENT_COUNT if _is_row_count(name) else _ABSENT
+        # The tracker logs finite values only, so NaN means the run lacks the metric.
+        cells = [_number(left, mark), _number(right, mark)]
+        cells.append(mark if math.isnan(left) or math.isnan(right) else f"{right - left:+.6g}")
+        marks.update(cell for cell in cells if cell in (_ABSENT, _ABSENT_COUNT))
+        lines.append(f"  {name:<{width}}  {cells[0]:>12}  {cells[1]:>12}  {cells[2]:>12}")
+    if _ABSENT_COUNT in marks:
+        lines.append(
+            f"{_ABSENT_COUNT}: the stage kept its current tables in that run, "
+            "so it read no rows and logged no row counts"
+        )
+    if _ABSENT in marks:
+        lines.append(f"{_ABSENT}: the run logged no such metric")
     return "\n".join(lines) + "\n"
+
+
+def _is_row_count(name: str) -> bool:
+    """Return whether a metric is a stage's row count (``ingest/rows_read.trips``)."""
+    return name.rpartition("/")[2].startswith("rows_")
+
+
+def _number(value: float, absent: str) -> str:
+    return absent if math.isnan(value) else f"{value:.6g}"
 
 
 def _same(left: float, right: float) -> bool:
