@@ -1,9 +1,14 @@
 """Saving and loading of training checkpoints and trained models.
 
 Files are written with ``torch.save`` to a temporary name in the target
-directory and then renamed, so a reader never sees a half-written file. They
-hold tensors, dicts, lists and plain numbers only, and are read with
-``torch.load(weights_only=True)``, which executes no pickled code.
+directory (``.<name>.<random>``) and then renamed, so a reader never sees a
+half-written file. They hold tensors, dicts, lists and plain numbers only,
+and are read with ``torch.load(weights_only=True)``, which executes no pickled
+code.
+
+A writer keeps an ``flock`` on its temporary file until the rename. A
+temporary file that no process has locked was left by a killed writer, and
+it is removed whenever its target is written or loaded.
 
 H3 cells are uint64; torch has no uint64 tensors that survive every
 operation, so cell ids are stored as int64 tensors with the same bits.
@@ -11,10 +16,12 @@ operation, so cell ids are stored as int64 tensors with the same bits.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import pickle
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,32 +41,110 @@ logger = logging.getLogger(__name__)
 MODEL_FORMAT = "mora-model/1"
 CHECKPOINT_FORMAT = "mora-checkpoint/1"
 LAST_CHECKPOINT = "last.pt"
+# A temporary file younger than this may belong to a writer that has created
+# it but not locked it yet, so it is kept even when unlocked.
+_TEMPORARY_GRACE_SECONDS = 60.0
+# Where flock is unsupported, an unlocked temporary file is removed only once
+# it is this old, so a live writer's file on such a filesystem is kept.
+_TEMPORARY_MAX_AGE_SECONDS = 3600.0
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
-    """Write ``payload`` with ``torch.save`` to ``path`` through a temporary file and a rename."""
+    """Write ``payload`` with ``torch.save`` to ``path`` through a temporary file and a rename.
+
+    Temporary files of ``path`` left by killed writers are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    remove_stale_temporaries(path)
+    handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
+            _lock(stream.fileno(), temporary)
             torch.save(payload, stream)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temporary, path)
+            # The rename happens under the lock, so a cleaner never sees this file unlocked.
+            os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
 
 
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove temporary siblings of ``path`` that killed writers left behind.
+
+    A temporary file is stale when no process holds its ``flock`` (the kernel
+    releases a lock when its holder dies) and it is older than a minute. On a
+    filesystem without ``flock`` it is stale once an hour old. Files that
+    cannot be removed, for example in a read-only directory, are logged and kept.
+
+    Returns:
+        The removed files.
+    """
+    path = Path(path)
+    removed: list[Path] = []
+    if not path.parent.is_dir():
+        return removed
+    now = time.time()
+    for candidate in sorted(path.parent.glob(_temporary_prefix(path) + "*")):
+        try:
+            age = now - candidate.stat().st_mtime
+            if age < _TEMPORARY_GRACE_SECONDS:
+                continue
+            unlocked = _is_unlocked(candidate)
+            if unlocked is None:
+                unlocked = age > _TEMPORARY_MAX_AGE_SECONDS
+            if not unlocked:
+                continue
+            candidate.unlink()
+        except FileNotFoundError:
+            # Its writer renamed it, or another cleaner removed it, meanwhile.
+            continue
+        except OSError as error:
+            logger.warning("cannot remove the stale temporary file %s: %s", candidate, error)
+            continue
+        logger.info("removed %s, left by an interrupted write of %s", candidate, path.name)
+        removed.append(candidate)
+    return removed
+
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _lock(descriptor: int, name: str) -> None:
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        # Cleaners then fall back to the file's age.
+        logger.debug("no lock on %s (%s)", name, error)
+
+
+def _is_unlocked(candidate: Path) -> bool | None:
+    """Return whether no process holds a lock on ``candidate``, or None when unknown."""
+    with candidate.open("rb") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return True
+
+
 def load_payload(path: Path, expected_format: str) -> dict[str, Any]:
     """Read a file written by :func:`save_atomic` and check its format tag.
+
+    Temporary files of ``path`` left by killed writers are removed first.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         InputFormatError: The file is truncated, not a torch file, or of another format.
     """
     path = Path(path)
+    remove_stale_temporaries(path)
     if not path.is_file():
         raise FileNotFoundError(f"no saved model or checkpoint at {path}")
     try:
