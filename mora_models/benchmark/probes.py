@@ -7,11 +7,14 @@ built by :func:`make_probe` from a name, a seed and a thread count:
   by efficient leave-one-out cross-validation over a log grid (``RidgeCV``).
 - ``ridge``: ridge regression with a fixed alpha on the raw features, as the
   urban region-embedding literature (MGFN, HAFusion) evaluates.
-- ``lightgbm``: a small, seeded gradient-boosted tree ensemble.
+- ``lightgbm``: a small, seeded gradient-boosted tree ensemble. Its minimum
+  leaf size shrinks on small training sets (see :func:`leaf_size_for`), so
+  trees can split on a fold of a few dozen zones.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol, Self, TypeVar
@@ -25,6 +28,8 @@ from sklearn.preprocessing import StandardScaler
 
 from pipelines.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 ModelT = TypeVar("ModelT")
 
 ProbeName = Literal["linear", "ridge", "lightgbm"]
@@ -34,6 +39,21 @@ PROBE_NAMES: Final[tuple[ProbeName, ...]] = ("linear", "ridge", "lightgbm")
 DEFAULT_RIDGE_ALPHAS: Final[tuple[float, ...]] = tuple(float(a) for a in np.logspace(-3, 4, 15))
 # Alpha of the fixed ridge probe; MGFN's and HAFusion's evaluation code use Ridge(alpha=1).
 DEFAULT_FIXED_ALPHA: Final = 1.0
+# On small training sets a leaf needs only this share of the training rows
+# (at least MIN_LEAF_ROWS), so a tree can split at all.
+LEAF_SHARE_DIVISOR: Final = 10
+MIN_LEAF_ROWS: Final = 2
+
+
+def leaf_size_for(n_train: int, configured: int) -> int:
+    """Return the minimum leaf size LightGBM uses on ``n_train`` training rows.
+
+    The rule is ``min(configured, max(2, n_train // 10))``: a leaf may hold a
+    tenth of the training rows. With the default of 20, 200 rows or more keep
+    it, and a fold of 42 zones gets 4. Each tree also draws only ``subsample``
+    of the rows, so a leaf of 20 on 42 rows (33 drawn) can never be split.
+    """
+    return min(configured, max(MIN_LEAF_ROWS, n_train // LEAF_SHARE_DIVISOR))
 
 
 class Probe(Protocol):
@@ -56,7 +76,8 @@ class LightGBMParams:
         n_estimators: Number of boosting rounds.
         learning_rate: Shrinkage per round.
         num_leaves: Maximum leaves per tree.
-        min_child_samples: Minimum rows in a leaf.
+        min_child_samples: Minimum rows in a leaf; lowered on small training
+            sets by :func:`leaf_size_for`.
         subsample: Fraction of rows drawn for each tree.
         colsample_bytree: Fraction of features drawn for each tree.
         reg_lambda: L2 penalty on leaf values.
@@ -172,15 +193,25 @@ class LightGBMProbe:
         self.params = params or LightGBMParams()
         self.seed = seed
         self.n_jobs = n_jobs
+        # Leaf size of the last fit, after leaf_size_for.
+        self.min_child_samples = self.params.min_child_samples
         self._model: LGBMRegressor | None = None
 
     def fit(self, features: ArrayLike, target: ArrayLike) -> Self:
-        """Fit the tree ensemble on the training rows."""
+        """Fit the tree ensemble on the training rows.
+
+        The minimum leaf size is :func:`leaf_size_for` of the row count. A
+        model in which no tree split predicts the mean target everywhere,
+        and a warning says so.
+        """
+        rows = np.asarray(features, dtype=np.float64)
+        values = np.asarray(target, dtype=np.float64)
+        self.min_child_samples = leaf_size_for(len(rows), self.params.min_child_samples)
         self._model = LGBMRegressor(
             n_estimators=self.params.n_estimators,
             learning_rate=self.params.learning_rate,
             num_leaves=self.params.num_leaves,
-            min_child_samples=self.params.min_child_samples,
+            min_child_samples=self.min_child_samples,
             subsample=self.params.subsample,
             subsample_freq=1,
             colsample_bytree=self.params.colsample_bytree,
@@ -191,10 +222,23 @@ class LightGBMProbe:
             force_row_wise=True,
             verbose=-1,
         )
-        self._model.fit(
-            np.asarray(features, dtype=np.float64), np.asarray(target, dtype=np.float64)
-        )
+        self._model.fit(rows, values)
+        if self.split_count == 0:
+            logger.warning(
+                "the LightGBM probe made no split on %d training rows (min_child_samples=%d, "
+                "subsample=%.2f), so it predicts a constant; its R² measures no feature",
+                len(rows),
+                self.min_child_samples,
+                self.params.subsample,
+            )
         return self
+
+    @property
+    def split_count(self) -> int:
+        """Number of splits over all trees of the last fit."""
+        model = _fitted(self._model, "lightgbm")
+        trees = model.booster_.dump_model()["tree_info"]
+        return sum(int(tree["num_leaves"]) - 1 for tree in trees)
 
     def predict(self, features: ArrayLike) -> NDArray[np.float64]:
         """Predict with the fitted tree ensemble."""

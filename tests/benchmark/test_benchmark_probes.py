@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 
@@ -7,6 +9,7 @@ from mora_models.benchmark.probes import (
     LightGBMParams,
     LightGBMProbe,
     LinearProbe,
+    leaf_size_for,
     make_probe,
 )
 from pipelines.errors import ConfigError
@@ -64,6 +67,40 @@ def test_lightgbm_probe_learns_nonlinear_target():
     probe = LightGBMProbe(seed=0, n_jobs=1).fit(features[:800], target[:800])
     residual = target[800:] - probe.predict(features[800:])
     assert np.mean(residual**2) < 0.05 * target.var()
+
+
+def test_lightgbm_probe_splits_on_small_fold():
+    # As many rows as a training fold of 62 counties in 3 blocked folds.
+    rng = np.random.default_rng(7)
+    features = rng.normal(size=(240, 16))
+    target = 2.0 * features[:, 0] + np.sin(2.0 * features[:, 1]) + 0.1 * rng.normal(size=240)
+    probe = LightGBMProbe(seed=0, n_jobs=1).fit(features[:41], target[:41])
+    assert probe.min_child_samples == 4
+    assert probe.split_count > 0
+    predicted = probe.predict(features[41:])
+    assert np.unique(predicted).size > 10
+    r2 = 1.0 - np.mean((target[41:] - predicted) ** 2) / target[41:].var()
+    assert r2 > 0.5
+
+
+@pytest.mark.parametrize(
+    ("n_train", "configured", "expected"),
+    [(41, 20, 4), (42, 20, 4), (10, 20, 2), (5, 20, 2), (199, 20, 19), (200, 20, 20),
+     (5000, 20, 20), (1000, 5, 5), (30, 1, 1)],
+)
+def test_leaf_size_rule(n_train, configured, expected):
+    assert leaf_size_for(n_train, configured) == expected
+
+
+def test_lightgbm_probe_warns_without_split(caplog):
+    rng = np.random.default_rng(8)
+    features = np.ones((40, 3))
+    with caplog.at_level(logging.WARNING, logger="mora_models.benchmark.probes"):
+        probe = LightGBMProbe(seed=0, n_jobs=1).fit(features, rng.normal(size=40))
+    assert probe.split_count == 0
+    [message] = [record.getMessage() for record in caplog.records]
+    assert "made no split on 40 training rows" in message
+    assert "min_child_samples=4" in message
 
 
 @pytest.mark.parametrize("name", ["linear", "ridge", "lightgbm"])
