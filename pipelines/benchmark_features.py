@@ -155,7 +155,9 @@ def srai_hex2vec_features(region_root: Path) -> pd.DataFrame | None:
         crs=4326,
     )
     joint = gpd.GeoDataFrame(
-        index=pd.MultiIndex.from_arrays([region_of, feature_ids], names=["region_id", "feature_id"]),
+        index=pd.MultiIndex.from_arrays(
+            [region_of, feature_ids], names=["region_id", "feature_id"]
+        ),
         geometry=features.geometry.to_numpy(),
         crs=4326,
     )

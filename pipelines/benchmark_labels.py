@@ -221,7 +221,8 @@ def _boundaries(task: TaskConfig, boundaries: CensusBoundaryConfig, config: Regi
         unmapped = frame[mapped].isna() & text.notna()
         if unmapped.any():
             logger.warning(
-                "%s: %d values of %s have no entry in id_maps, e.g. %r; those polygons are left out",
+                "%s: %d values of %s have no entry in id_maps, e.g. %r; "
+                "those polygons are left out",
                 reference,
                 int(unmapped.sum()),
                 part.column,

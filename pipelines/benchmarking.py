@@ -121,7 +121,8 @@ def task_sources(task: TaskConfig) -> list[str]:
     """Return the inputs a task's label is derived from, as ``<input>[:<column>]``."""
     sources = list(task.derived_from)
     if task.input is None:
-        table = MANHATTAN_LABEL_SOURCES if task.builtin == "manhattan_180" else US_COUNTY_LABEL_SOURCES
+        manhattan = task.builtin == "manhattan_180"
+        table = MANHATTAN_LABEL_SOURCES if manhattan else US_COUNTY_LABEL_SOURCES
         sources += table.get(task.label, [])
     else:
         sources.append(f"{task.input}:{task.label}")
@@ -228,7 +229,9 @@ def label_task(
     crs: str | None = None,
     transform: str = "none",
 ) -> TaskConfig:
-    """Build a task from any label table: rows become zones (``id_column``), points, cells or polygons.
+    """Build a task from any label table.
+
+    Rows become zones (``id_column``), points, cells or polygons.
 
     Raises:
         ConfigError: No way to place the rows is given, or the options conflict.
@@ -305,7 +308,8 @@ def evaluation_sets(context: StageContext, tasks: list[TaskConfig]) -> list[Eval
     for task in tasks:
         units = load_task_units(task, config, zone_cells, area)
         if units.kind == "zone":
-            key = "manhattan_180" if task.input is None and task.builtin == "manhattan_180" else "zones"
+            manhattan = task.input is None and task.builtin == "manhattan_180"
+            key = "manhattan_180" if manhattan else "zones"
             zone_labels.setdefault(key, {})[task.name] = units.labels
             zone_tasks.setdefault(key, []).append(task)
             continue
@@ -375,7 +379,9 @@ def cell_features(context: StageContext, variants: Iterable[str], baselines: Ite
             if embedded is not None:
                 features[baseline] = embedded
         else:
-            raise ConfigError(f"unknown feature baseline {baseline!r}; choose from {ABLATION_BASELINES}")
+            raise ConfigError(
+                f"unknown feature baseline {baseline!r}; choose from {ABLATION_BASELINES}"
+            )
     for table in features.values():
         table.index = table.index.astype("uint64")
     return features
@@ -408,9 +414,13 @@ def run(context: StageContext) -> StageReport:
 
     results = []
     for evaluation in evaluation_sets(context, list(settings.tasks)):
-        features = {name: unit_features(table, evaluation.unit_cells) for name, table in cells.items()}
+        features = {
+            name: unit_features(table, evaluation.unit_cells) for name, table in cells.items()
+        }
         tasks = [
-            ProtocolTask(name=task.name, target=task.name, transform=task.transform, scale=task.scale)
+            ProtocolTask(
+                name=task.name, target=task.name, transform=task.transform, scale=task.scale
+            )
             for task in evaluation.tasks
         ]
         logger.info(
@@ -463,7 +473,9 @@ def _manhattan(features: dict[str, pd.DataFrame], options: dict, out_dir: Path) 
         frame.index = regions.astype(int).to_numpy()
         complete[name] = frame
     complete |= {f"array_{name}": values for name, values in manhattan_baselines().items()}
-    config = ManhattanConfig(**{key: tuple(v) if isinstance(v, list) else v for key, v in options.items()})
+    config = ManhattanConfig(
+        **{key: tuple(v) if isinstance(v, list) else v for key, v in options.items()}
+    )
     return write_manhattan_report(evaluate_manhattan(complete, config), out_dir)
 
 
@@ -506,8 +518,8 @@ __all__ = [
     "VARIANTS",
     "ablation_variants",
     "check_leakage",
-    "label_task",
     "evaluation_sets",
+    "label_task",
     "model_inputs",
     "run",
     "task_sources",

@@ -147,7 +147,9 @@ def open_tile(
     except (rasterio.errors.RasterioIOError, OSError, ValueError) as error:
         raise InputFormatError(f"{source}: cannot read {path} as a raster: {error}") from error
     if isinstance(data, list):
-        raise InputFormatError(f"{source}: {path} contains several subdatasets; name one of them as the input")
+        raise InputFormatError(
+            f"{source}: {path} contains several subdatasets; name one of them as the input"
+        )
     if data.rio.crs is None:
         raise CRSError(
             f"{source}: raster {path.name} has no CRS, so its pixels cannot be placed. "

@@ -249,7 +249,8 @@ def run_scaling(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     rows: list[pd.DataFrame] = []
-    with Tracker(config, run_name=run_name or "scaling", tags={"mora.stages": "scaling"}) as tracker:
+    tags = {"mora.stages": "scaling"}
+    with Tracker(config, run_name=run_name or "scaling", tags=tags) as tracker:
         tracker.log_config()
         for curve, level, share in _points(config, curves):
             suffix = "" if share == 1.0 else f"-flows{round(share * 100):03d}"
@@ -314,12 +315,21 @@ def _fit(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def _write(points: pd.DataFrame, fits: pd.DataFrame, out_dir: Path, config: RegionConfig):
-    """Write the point and fit tables, the Markdown summary and one plot per curve, probe and split."""
+    """Write the point and fit tables, a Markdown summary and a plot per curve, probe, split."""
     from mora_models.benchmark.report import markdown_table
     from mora_models.benchmark.scaling_law import plot_scaling
 
     paths = [_write_csv(points, out_dir / POINTS_CSV), _write_csv(fits, out_dir / FITS_CSV)]
-    columns = ["curve", "level", "flow_share", "train_cells", "train_edges", "task", "probe", "split"]
+    columns = [
+        "curve",
+        "level",
+        "flow_share",
+        "train_cells",
+        "train_edges",
+        "task",
+        "probe",
+        "split",
+    ]
     text = [
         f"# Scaling of region {config.name}\n",
         f"Test zones: ids starting with {', '.join(config.scaling.test_prefixes)}.\n",

@@ -147,9 +147,12 @@ def plot_scaling(
         )
         fit = fits[fits["task"] == task]
         if not fit.empty:
-            law = PowerLaw(**{k: fit.iloc[0][k] for k in ("coefficient", "exponent", "r2_log", "n_points")})
+            fields = ("coefficient", "exponent", "r2_log", "n_points")
+            law = PowerLaw(**{k: fit.iloc[0][k] for k in fields})
             grid = np.geomspace(block[size_column].min(), block[size_column].max(), _CURVE_POINTS)
-            axes.plot(grid, law.r2(grid), color=color, linewidth=1.0, label=f"b = {law.exponent:.3f}")
+            axes.plot(
+                grid, law.r2(grid), color=color, linewidth=1.0, label=f"b = {law.exponent:.3f}"
+            )
     axes.set_xscale("log")
     axes.set_xlabel(size_column.replace("_", " "))
     axes.set_ylabel("R² on the test zones (mean ± std over folds and seeds)")

@@ -61,7 +61,9 @@ class TaskUnits:
         return int(self.labels.index.isin(self.unit_cells[ZONE_ID]).sum())
 
 
-def zone_units(labels: pd.Series, zone_cells: pd.DataFrame, rows_read: int | None = None) -> TaskUnits:
+def zone_units(
+    labels: pd.Series, zone_cells: pd.DataFrame, rows_read: int | None = None
+) -> TaskUnits:
     """Tie zone labels to the zones' cells; labels of unknown zones are counted and dropped."""
     labels = labels.copy()
     labels.index = labels.index.astype(str)
@@ -171,7 +173,9 @@ def unit_features(
     coverage = totals / unit_weight.reindex(uniques).to_numpy()
     keep = (totals > 0) & (coverage >= min_coverage)
     if (~keep).any():
-        logger.debug("%d units fall below %.0f%% feature coverage", int((~keep).sum()), 100 * min_coverage)
+        logger.debug(
+            "%d units fall below %.0f%% feature coverage", int((~keep).sum()), 100 * min_coverage
+        )
     means = sums[keep] / totals[keep, None]
     return pd.DataFrame(means, index=pd.Index(uniques[keep], name=ZONE_ID), columns=columns)
 
