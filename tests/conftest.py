@@ -30,10 +30,27 @@ def seeded_data_cache() -> Path:
     return datasets.cache_dir()
 
 
+def default_cases_dir() -> Path:
+    """Return where the bad-input cases are looked for.
+
+    ``MORA_CASES_DIR`` when set; else the ``cases`` folder beside
+    ``MORA_SHARED_DATA`` when that is set; else ``../shared/cases`` beside
+    the repository.
+    """
+    if os.environ.get(CASES_ENV):
+        return Path(os.environ[CASES_ENV])
+    if os.environ.get(SHARED_DATA_ENV):
+        return Path(os.environ[SHARED_DATA_ENV]).parent / "cases"
+    return DEFAULT_CASES_DIR
+
+
 @pytest.fixture(scope="session")
 def cases_dir() -> Path:
     """Directory of the small bad-input cases with known right outcomes."""
-    path = Path(os.environ.get(CASES_ENV, DEFAULT_CASES_DIR))
+    path = default_cases_dir()
     if not path.is_dir():
-        pytest.skip(f"bad-input cases not found at {path}; set {CASES_ENV}")
+        pytest.skip(
+            f"bad-input cases not found at {path}; set {CASES_ENV} to the cases folder, "
+            f"or {SHARED_DATA_ENV} to a data folder with a cases folder beside it"
+        )
     return path
