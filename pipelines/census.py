@@ -12,8 +12,10 @@ Values are cleaned before any arithmetic, each with a flag:
 - ``suppressed``: a ``suppressed_codes`` value in a ``suppressed_columns``
   variable (99 in the Helsinki population grid's age groups) becomes missing;
 - ``top_coded``: a ``top_codes`` value (the ACS income cap 250001) is kept;
-- ``not_a_number``: text that is no number becomes missing; ``blank`` marks
-  an empty field.
+- ``not_a_number``: text that is no number becomes missing, and a warning
+  lists the first such values; ``blank`` marks an empty field. A comma counts
+  only as a thousands separator (``950,000``), so a decimal comma (``72,5``)
+  is not a number.
 
 Extensive variables (counts of people or households) are split: a cell gets
 each overlapping unit's total times the unit's weight share in that cell
@@ -53,6 +55,7 @@ from pipelines.storage import (
     QUARANTINE_TABLE,
     Quarantine,
     is_current,
+    nothing_published_error,
     publish_table,
     read_manifest,
     reuse_table,
@@ -61,7 +64,7 @@ from pipelines.storage import (
 from pipelines.tabular import ROW_NUMBER, blank_rows, parse_numbers, read_csv_text, require_columns
 from pipelines.validate import enforce, validate_frame
 from pipelines.vector import read_vector
-from pipelines.zones import CELLS_TABLE, ZONE_CELLS_TABLE, ZONES_TABLE
+from pipelines.zones import CELLS_TABLE, ZONE_CELLS_TABLE, ZONES_TABLE, suggest_id_width
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +77,8 @@ SUPPRESSED = "suppressed"
 TOP_CODED = "top_coded"
 NOT_A_NUMBER = "not_a_number"
 BLANK = "blank"
+# Flagged values listed in a warning.
+_SHOWN_VALUES = 5
 
 _VECTOR_SUFFIXES = (".shp", ".gpkg", ".geojson", ".json", ".topojson", ".parquet", ".zip", ".fgb")
 
@@ -129,7 +134,10 @@ def clean_values(
         flags = pd.Series(pd.NA, index=frame.index, dtype="string")
         blank = text.isna() | (text == "")
         flags[blank.to_numpy()] = BLANK
-        flags[(~blank & numbers.isna()).to_numpy()] = NOT_A_NUMBER
+        not_a_number = (~blank & numbers.isna()).to_numpy()
+        flags[not_a_number] = NOT_A_NUMBER
+        if not_a_number.any():
+            _warn_not_a_number(frame, table, variable, not_a_number)
         coded = numbers.isin(missing_codes)
         flags[coded.to_numpy()] = ANNOTATION_CODE
         if variable in suppressed_columns:
@@ -143,6 +151,28 @@ def clean_values(
         if counts[variable]:
             logger.info("%s.%s: flagged values %s", table.name, variable, counts[variable])
     return cleaned, counts
+
+
+def _warn_not_a_number(
+    frame: pd.DataFrame, table: CensusTableConfig, variable: str, mask: np.ndarray
+) -> None:
+    """Log the first values of a variable that are flagged as not a number, with their rows."""
+    shown = frame.loc[mask, variable].head(_SHOWN_VALUES)
+    rows = (
+        frame.loc[mask, ROW_NUMBER].head(_SHOWN_VALUES).tolist()
+        if ROW_NUMBER in frame
+        else list(shown.index)
+    )
+    examples = ", ".join(f"row {row}: {value!r}" for row, value in zip(rows, shown, strict=True))
+    logger.warning(
+        "%s: %d value(s) of %s in %s are not numbers and become missing (%s); write numbers "
+        "with a decimal point and commas only between groups of three digits",
+        table.name,
+        int(mask.sum()),
+        variable,
+        table.input,
+        examples,
+    )
 
 
 def read_unit_values(
@@ -315,12 +345,24 @@ def run(context: StageContext) -> StageReport:
         values, rows_read = read_unit_values(context, table, quarantine)
         units, weights, zone_cells = _units_and_weights(context, table, quarantine, report)
 
+        if all(part.width is None for part in table.zone_id):
+            suggest_id_width(
+                values[ZONE_ID],
+                units,
+                source=table.input,
+                columns=[part.column for part in table.zone_id],
+            )
         values = _reject(
             quarantine, table, values, ~values[ZONE_ID].isin(units), "zone_not_in_study_area"
         )
         values = _reject(
             quarantine, table, values, values[ZONE_ID].duplicated(keep="first"), "duplicate_zone_id"
         )
+        if values.empty:
+            quarantine.publish(context.root, fingerprint)
+            raise nothing_published_error(
+                STAGE, table.name, [table.input], rows_read, quarantine.rule_counts(table.name)
+            )
         cells = interpolate(values, table, weights, zone_cells)
         report.tables += _publish(context, table, values, cells, fingerprint)
         report.tables += quarantine.publish(context.root, fingerprint)

@@ -31,6 +31,8 @@ Publishes, per mobility source (partition ``source=<name>``):
 Rows with a missing or malformed zone id, a zone outside the study area, an
 unknown zone, a blank line or an unreadable flow are quarantined. In a
 matrix, each non-zero entry counts as one row (row number ``i * N + j + 1``).
+A source none of whose rows can be published stops the stage with an error
+that names its file and counts the rejected rows per rule.
 A Dask scheduler address in ``MORA_DASK_SCHEDULER`` runs the partitions of
 trip and ping sources as Dask tasks.
 """
@@ -63,6 +65,7 @@ from pipelines.storage import (
     QUARANTINE_TABLE,
     Quarantine,
     is_current,
+    nothing_published_error,
     publish_query,
     publish_table,
     read_manifest,
@@ -73,7 +76,7 @@ from pipelines.storage import (
 from pipelines.tabular import ROW_NUMBER, blank_rows, parse_numbers, read_csv_text, require_columns
 from pipelines.tokenize import check_coordinates, points_to_cells
 from pipelines.validate import enforce, validate_frame, validate_parquet
-from pipelines.zones import CELLS_TABLE, ZONE_CELLS_TABLE, ZONES_TABLE
+from pipelines.zones import CELLS_TABLE, ZONE_CELLS_TABLE, ZONES_TABLE, suggest_id_width
 
 logger = logging.getLogger(__name__)
 
@@ -224,9 +227,22 @@ def read_od_table(context: StageContext, source: OdTableConfig, quarantine: Quar
 
 
 def _reject_unknown_zones(
-    flows: pd.DataFrame, zone_ids: pd.Index, excluded: set[str], source: str, quarantine: Quarantine
+    flows: pd.DataFrame,
+    zone_ids: pd.Index,
+    excluded: set[str],
+    source: OdTableConfig | OdMatrixConfig,
+    quarantine: Quarantine,
 ) -> pd.DataFrame:
     """Quarantine flows whose origin or destination is not a zone of the study area."""
+    if isinstance(source, OdTableConfig):
+        for column, parts in ((ORIGIN_ZONE, source.origin), (DESTINATION_ZONE, source.destination)):
+            if all(part.width is None for part in parts):
+                suggest_id_width(
+                    flows[column],
+                    zone_ids,
+                    source=source.input,
+                    columns=[part.column for part in parts],
+                )
     for column, label in ((ORIGIN_ZONE, "origin"), (DESTINATION_ZONE, "destination")):
         unknown = ~flows[column].isin(zone_ids)
         rules = np.where(
@@ -235,7 +251,7 @@ def _reject_unknown_zones(
             f"unknown_{label}_zone",
         )
         quarantine.add(
-            source,
+            source.name,
             row_numbers=flows.loc[unknown, ROW_NUMBER],
             keys=flows.loc[unknown, ORIGIN_ZONE] + "->" + flows.loc[unknown, DESTINATION_ZONE],
             rules=rules,
@@ -435,9 +451,7 @@ def _ingest_zone_flows(
     excluded = set(
         zone_quarantine.loc[zone_quarantine["stage"] == "zones", "key"].dropna().astype(str)
     )
-    flows = _reject_unknown_zones(
-        flows, pd.Index(zones["zone_id"]), excluded, source.name, quarantine
-    )
+    flows = _reject_unknown_zones(flows, pd.Index(zones["zone_id"]), excluded, source, quarantine)
 
     validation = validate_frame(flows, "od_flows")
     if validation.rejected_rows:
@@ -450,6 +464,14 @@ def _ingest_zone_flows(
             values=flows.loc[labels, FLOW],
         )
         flows = flows.drop(index=labels)
+    if flows.empty:
+        quarantine.publish(context.root, fingerprint)
+        inputs = [source.input] + (
+            [source.index.input] if isinstance(source, OdMatrixConfig) else []
+        )
+        raise nothing_published_error(
+            STAGE, source.name, inputs, rows_read, quarantine.rule_counts(source.name)
+        )
     enforce(validation, f"{OD_FLOWS_TABLE}[{source.name}]")
     duplicated = flows.duplicated([ORIGIN_ZONE, DESTINATION_ZONE], keep=False)
     if duplicated.any():

@@ -23,7 +23,10 @@ Publishes:
   is removed, so the features stage falls back to category counts.
 
 Places with a missing, unreadable or out-of-range position, or outside the
-study area's cells, are quarantined with the reason.
+study area's cells, are quarantined with the reason. A source without any
+place in the region publishes an empty partition with a warning. When no
+source has one, the stage stops with an error that counts the rejected rows
+per rule.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import pyarrow as pa
 from pipelines.config import PoiSourceConfig
 from pipelines.constants import H3_CELL
 from pipelines.context import InputCount, StageContext, StageReport
+from pipelines.errors import ValidationError
 from pipelines.poi_readers import PlaceCandidates, read_places
 from pipelines.poi_taxonomy import Taxonomy, category_slug
 from pipelines.storage import (
@@ -45,8 +49,10 @@ from pipelines.storage import (
     PublishedTable,
     Quarantine,
     is_current,
+    nothing_published_error,
     publish_query,
     publish_table,
+    quarantine_rule_counts,
     read_manifest,
     reuse_table,
     table_dir,
@@ -200,6 +206,14 @@ def run(context: StageContext) -> StageReport:
         quarantine.start(source.name, source.input)
         places = read_places(context.input_path(source.input), source)
         points = place_points(source, places, config.resolution, cells, quarantine, taxonomy)
+        if points.empty:
+            logger.warning(
+                "%s: none of the %d places of %s can be published; rules: %s",
+                source.name,
+                len(places.frame),
+                source.input,
+                quarantine.rule_counts(source.name),
+            )
         enforce(validate_frame(points, "poi_points"), f"{POINTS_TABLE}[{source.name}]")
         report.tables.append(
             publish_table(
@@ -219,12 +233,39 @@ def run(context: StageContext) -> StageReport:
         report.metrics[f"{source.name}_points"] = float(len(points))
     report.check_counts()
     if config.poi:
+        _raise_if_no_points(context, report.tables)
         report.tables.append(_publish_counts(context))
         text = _publish_text(context)
         if text is not None:
             report.tables.append(text)
             report.metrics["poi_text_cells"] = float(text.rows)
     return report
+
+
+def _raise_if_no_points(context: StageContext, tables: list[PublishedTable]) -> None:
+    """Raise when no POI source has a place in the region.
+
+    A single source without places is kept as an empty partition, since
+    other sources can fill the counts, but with none at all the POI features
+    would be empty.
+
+    Raises:
+        ValidationError: Names every source with its rows read and rejected
+            rows per rule.
+    """
+    if any(table.rows for table in tables if table.name == POINTS_TABLE):
+        return
+    errors = []
+    for source in context.config.poi:
+        counts = quarantine_rule_counts(context.root, STAGE, source.name)
+        errors.append(
+            str(
+                nothing_published_error(
+                    STAGE, source.name, [source.input], sum(counts.values()), counts
+                )
+            )
+        )
+    raise ValidationError("\n".join(errors))
 
 
 def _points_files(context: StageContext) -> list[str]:

@@ -29,7 +29,14 @@ from pipelines.config import PoiSourceConfig
 from pipelines.constants import WGS84
 from pipelines.errors import CRSError, SchemaError
 from pipelines.osm import FEATURE_ID, REASON, TAGS, primary_tag, read_osm_features
-from pipelines.tabular import ROW_NUMBER, parse_numbers, read_csv_text, require_columns
+from pipelines.tabular import (
+    INVALID_NUMBER,
+    ROW_NUMBER,
+    invalid_numbers,
+    parse_numbers,
+    read_csv_text,
+    require_columns,
+)
 from pipelines.tokenize import refuse_swapped_axes
 from pipelines.vector import read_vector
 
@@ -197,6 +204,7 @@ def _read_coordinate_csv(path: Path, source: PoiSourceConfig) -> PlaceCandidates
     require_columns(frame, [c for c in columns if c], source=source.input)
     x = parse_numbers(frame[source.lon]).to_numpy()
     y = parse_numbers(frame[source.lat]).to_numpy()
+    not_numbers = invalid_numbers(frame[source.lon]) | invalid_numbers(frame[source.lat])
     crs = _source_crs(source)
     refuse_projected_coordinates(x, y, source=source.input, crs=crs)
     lon, lat = _to_wgs84(x, y, crs)
@@ -213,7 +221,9 @@ def _read_coordinate_csv(path: Path, source: PoiSourceConfig) -> PlaceCandidates
         feature_ids=frame[ROW_NUMBER].astype("string"),
         lon=lon,
         lat=lat,
-        reasons=pd.Series(pd.NA, index=frame.index, dtype="string"),
+        reasons=pd.Series(pd.NA, index=frame.index, dtype="string").mask(
+            not_numbers, INVALID_NUMBER
+        ),
         names=_names(frame, source.text),
         tags=tags,
         primary_key=primary_key,

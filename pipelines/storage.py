@@ -45,6 +45,7 @@ from pipelines.constants import (
     QUARANTINE_COLUMNS,
 )
 from pipelines.datasets import file_sha256
+from pipelines.errors import ValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ QUARANTINE_TABLE = "quarantine"
 # Held locked by the process writing into a staging directory.
 STAGING_LOCK_FILE = ".lock"
 _ROW_GROUP_ROWS = 1_000_000
+# Input files named in an error before the rest are only counted.
+_SHOWN_FILES = 5
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -459,6 +462,14 @@ class Quarantine:
         """Return the number of rows rejected so far for ``source``."""
         return sum(len(frame) for frame in self.frames.get(source, []))
 
+    def rule_counts(self, source: str) -> dict[str, int]:
+        """Return the number of rows of ``source`` rejected per rule, most frequent first."""
+        frames = [frame["rule"] for frame in self.frames.get(source, []) if len(frame)]
+        if not frames:
+            return {}
+        counts = pd.concat(frames, ignore_index=True).astype(str).value_counts()
+        return {str(rule): int(count) for rule, count in counts.items()}
+
     def publish(self, region_root: Path, fingerprint: str) -> list[PublishedTable]:
         """Publish one quarantine partition per registered source."""
         published = []
@@ -488,6 +499,128 @@ class Quarantine:
                 )
             )
         return published
+
+
+# Hint per quarantine rule: what to check when many rows of an input break it.
+# Keys are rules without an endpoint prefix (``origin_``, ``destination_``, ``zone_``).
+_RULE_HINTS = {
+    "outside_study_area": (
+        "the points or zones lie outside the region's cells: check that x is the longitude and "
+        "y the latitude (not swapped), that `crs` is the CRS of the coordinates, and that the "
+        "file covers the region's zones"
+    ),
+    "latitude_out_of_range": (
+        "check that x is the longitude and y the latitude (not swapped), and the `crs`"
+    ),
+    "longitude_out_of_range": "check that x is the longitude and y the latitude, and the `crs`",
+    "invalid_projected_coordinate": (
+        "the coordinates lie outside the area of use of `crs`: set `crs` to the CRS of the file"
+    ),
+    "missing_coordinate": "the coordinate cells are empty: check the x and y column names",
+    "zero_coordinate": "every point is at (0, 0), a placeholder for a missing position",
+    "invalid_number": (
+        "the values are not numbers: write them with a decimal point, and commas only between "
+        "groups of three digits (1,234.5)"
+    ),
+    "invalid_flow": "the flows are not numbers: check the `flow` column and the number format",
+    "negative_flow": "flows must be zero or more: check the `flow` column",
+    "unknown_zone": (
+        "the ids match no zone of the zones table: check the id columns, that ids keep their "
+        "leading zeros (set `width`), and that the zones layer is the geography of these ids"
+    ),
+    "not_in_study_area": (
+        "the ids match no zone of the zones table: check the id columns, that ids keep their "
+        "leading zeros (set `width`), and that the zones layer is the geography of these ids"
+    ),
+    "missing_id": "the id cells are empty: check the id column names in the config",
+    "non_integer_id": "the ids are not integers: check the id columns and their `width`",
+    "id_too_long": "the ids are longer than `width`: check the id columns and their `width`",
+    "duplicate_zone_id": "every feature repeats an earlier id: check the id column",
+    "duplicate_trip_id": "every row repeats an earlier trip id: check the `trip_id` column",
+    "duplicate_row": "every row repeats an earlier row: the file may have been concatenated twice",
+    "unknown_station": (
+        "the station ids match none of the station table: check the station id columns and "
+        "widths, and that the station table is for the same system and period"
+    ),
+    "invalid_cell": "the cell column does not contain H3 cells: check its name",
+    "cell_coarser_than_resolution": (
+        "the H3 cells are coarser than the region's `resolution`: lower the resolution"
+    ),
+    "missing_time": "the start time cells are empty: check the `start_time` column",
+    "invalid_time": "the start times cannot be read: check `start_time.format`",
+    "blank_row": "every data row is empty",
+    "null_geometry": "the features have no geometry",
+    "empty_geometry": "the features have empty geometries",
+    "zero_area_geometry": "the polygons have no area at the region's resolution",
+    "missing_geometry": "the geometry cells are empty: check the `geometry` column name",
+    "invalid_geometry": "the geometries cannot be read as WKT: check the `geometry` column",
+    "filtered_out": "no row has the value `where` asks for: check its columns and values",
+}
+_RULE_PREFIXES = ("origin_", "destination_", "zone_")
+
+
+def rule_hint(rule: str) -> str | None:
+    """Return what to check when an input's rows break ``rule``, if known."""
+    rule = rule.split(";", 1)[0]
+    if rule.startswith("filtered_out("):
+        return _RULE_HINTS["filtered_out"]
+    if rule in ("unknown_origin_zone", "unknown_destination_zone"):
+        return _RULE_HINTS["unknown_zone"]
+    for prefix in ("", *_RULE_PREFIXES):
+        if rule.startswith(prefix) and rule[len(prefix) :] in _RULE_HINTS:
+            return _RULE_HINTS[rule[len(prefix) :]]
+    return None
+
+
+def nothing_published_error(
+    stage: str,
+    source: str,
+    files: Sequence[str],
+    rows_read: int,
+    rule_counts: Mapping[str, int],
+) -> ValidationError:
+    """Return the error raised when an input yields no row to publish.
+
+    Raised before validation, so the message names the input and why its
+    rows were rejected instead of a failed row-count expectation. Callers
+    publish the quarantine first, so ``mora quarantine`` shows the rows.
+
+    Args:
+        stage: Stage name.
+        source: Input name in the config.
+        files: The input file(s), as the config names them.
+        rows_read: Rows (or features) read.
+        rule_counts: Rejected rows per rule.
+    """
+    shown = ", ".join(files[:_SHOWN_FILES]) + (
+        f" and {len(files) - _SHOWN_FILES} more" if len(files) > _SHOWN_FILES else ""
+    )
+    if rows_read == 0:
+        return ValidationError(
+            f"{stage}: input {source!r} ({shown}) has no data rows, so there is nothing to "
+            "publish. Check that the file is the right one and not truncated."
+        )
+    lines = [
+        f"{stage}: no row of input {source!r} ({shown}) can be published: {rows_read} rows "
+        f"read, all rejected. Rejected rows by rule:"
+    ]
+    for rule, count in rule_counts.items():
+        hint = rule_hint(rule)
+        lines.append(f"  {rule}: {count}" + (f" ({hint})" if hint else ""))
+    lines.append(
+        "Fix the config or the file. The rejected rows are in the quarantine table, and "
+        "`mora quarantine CONFIG` counts them."
+    )
+    return ValidationError("\n".join(lines))
+
+
+def quarantine_rule_counts(region_root: Path, stage: str, source: str) -> dict[str, int]:
+    """Return the published quarantine rows of one source per rule, most frequent first."""
+    path = table_path(region_root, QUARANTINE_TABLE, {"stage": stage, "source": source})
+    if not path.is_file():
+        return {}
+    rules = pd.read_parquet(path, columns=["rule"])["rule"].astype(str)
+    return {str(rule): int(count) for rule, count in rules.value_counts().items()}
 
 
 def read_quarantine(region_root: Path) -> pd.DataFrame:

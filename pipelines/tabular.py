@@ -23,6 +23,12 @@ logger = logging.getLogger(__name__)
 ROW_NUMBER = "row_number"
 # Field separators recognised in a header line, preferred in this order on a tie.
 _DELIMITERS = (",", "\t", ";", "|")
+# Rule of a value that is not blank but is not a number either.
+INVALID_NUMBER = "invalid_number"
+# Text that marks a missing value rather than a malformed number (lower case).
+_MISSING_MARKERS = ("", "na", "n/a", "nan", "null", "none")
+# A number whose only commas separate groups of three digits: "1,234,567.5".
+_THOUSANDS_PATTERN = r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?"
 
 
 def read_csv_text(path: Path, *, source: str, delimiter: str | None = None) -> pd.DataFrame:
@@ -114,7 +120,14 @@ def read_header(path: Path, *, source: str, delimiter: str | None = None) -> tup
                 delimiter = max(_DELIMITERS, key=first_line.count)
             handle.seek(0)
             record = next(csv.reader(handle, delimiter=delimiter, strict=True), [])
-    except (UnicodeDecodeError, csv.Error, OSError, EOFError) as error:
+    except UnicodeDecodeError as error:
+        line = _first_undecodable_line(path, opener)
+        where = f" on line {line}" if line is not None else ""
+        raise InputFormatError(
+            f"{source}: cannot read {path} as UTF-8 delimited text{where}: {error}. "
+            "Convert the file to UTF-8 CSV."
+        ) from error
+    except (csv.Error, OSError, EOFError) as error:
         raise InputFormatError(
             f"{source}: cannot read {path} as UTF-8 delimited text: {error}. "
             "Convert the file to UTF-8 CSV."
@@ -135,6 +148,24 @@ def read_header(path: Path, *, source: str, delimiter: str | None = None) -> tup
             "rename them so that every column has its own name"
         )
     return names, delimiter
+
+
+def _first_undecodable_line(path: Path, opener) -> int | None:
+    """Return the 1-based number of the first line that is not UTF-8, if any.
+
+    Only called after a decoding error, which the text reader raises within
+    its first read buffer, so the scan stops after a few kilobytes.
+    """
+    try:
+        with opener(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    return number
+    except (OSError, EOFError):
+        return None
+    return None
 
 
 def _sql_text(value: str) -> str:
@@ -177,6 +208,35 @@ def blank_rows(frame: pd.DataFrame) -> pd.Series:
 
 
 def parse_numbers(values: pd.Series) -> pd.Series:
-    """Parse text numbers, accepting thousands separators (``"1,234"``); NaN when invalid."""
-    text = values.astype("string").str.strip().str.replace(",", "", regex=False)
+    """Parse text numbers; NaN where a value is blank or not a number.
+
+    A comma is read only as a thousands separator in the US style
+    (``"1,234"``, ``"-950,000.5"``). Any other comma (``"72,5"``,
+    ``"1,2,3"``) makes the value invalid rather than losing the comma, which
+    would turn a decimal comma into a number 10 times larger.
+    :func:`invalid_numbers` marks those values.
+    """
+    text = values.astype("string").str.strip()
+    has_comma = text.str.contains(",", regex=False).fillna(False)
+    grouped = text.str.fullmatch(_THOUSANDS_PATTERN).fillna(False)
+    text = text.mask(has_comma & ~grouped, pd.NA).str.replace(",", "", regex=False)
     return pd.to_numeric(text, errors="coerce").astype("float64")
+
+
+def invalid_numbers(values: pd.Series, parsed: pd.Series | None = None) -> pd.Series:
+    """Return a mask of values that are not missing but fail :func:`parse_numbers`.
+
+    Blank text and the usual missing-value markers (``NA``, ``NaN``,
+    ``null``, ``None``, ``N/A``, in any case) count as missing, not invalid.
+
+    Args:
+        values: The text values as read.
+        parsed: Their :func:`parse_numbers` result, when already computed.
+    """
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        return pd.Series(False, index=values.index)
+    if parsed is None:
+        parsed = parse_numbers(values)
+    text = values.astype("string").str.strip()
+    blank = text.isna() | text.str.lower().isin(_MISSING_MARKERS)
+    return (~blank & parsed.isna()).fillna(False).astype(bool)

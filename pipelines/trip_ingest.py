@@ -19,6 +19,10 @@ in the window and rolls up every current partition. With a Dask client the
 partitions are processed as Dask tasks; the result files are byte-identical
 to a single-process run.
 
+A partition whose rows are all rejected is published (empty) with a
+warning, but a source whose partitions contain no edge at all stops the run
+with an error that counts the rejected rows per rule.
+
 Checks: before a partition is published, DuckDB checks the rules of the
 ``trip_edges`` suite on it (keys present and unique, flows positive). Great
 Expectations then runs that suite once over all partitions rebuilt in the
@@ -34,7 +38,7 @@ from __future__ import annotations
 import functools
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import duckdb
 import pandas as pd
@@ -58,8 +62,10 @@ from pipelines.storage import (
     PublishedTable,
     Quarantine,
     is_current,
+    nothing_published_error,
     publish_query,
     publish_table,
+    quarantine_rule_counts,
     read_manifest,
     reuse_table,
     table_dir,
@@ -243,7 +249,8 @@ def ingest(
         rolled = [partition.label for partition in partitions]
     else:
         rolled = _current_labels(context, source.name, partitions, fingerprint_of)
-    published.append(_roll_up(context, source.name, rolled, report))
+    references = {partition.label: partition.reference for partition in partitions}
+    published.append(_roll_up(context, source.name, rolled, report, references))
     return published
 
 
@@ -316,6 +323,7 @@ def _publish_partition(
             values=rejected["value"],
         )
     published += quarantine.publish(context.root, fingerprint)
+    _warn_if_empty(name, result, quarantine, key)
     report.inputs.append(
         InputCount(key, result.rows_read, result.rows_published, quarantine.count(key))
     )
@@ -402,13 +410,27 @@ def _remove_stale(context: StageContext, name: str, labels: Sequence[str]) -> No
 
 
 def _roll_up(
-    context: StageContext, name: str, labels: Sequence[str], report: StageReport
+    context: StageContext,
+    name: str,
+    labels: Sequence[str],
+    report: StageReport,
+    references: Mapping[str, str],
 ) -> PublishedTable:
     """Sum the given partitions of a source into ``mobility_edges/source=<name>``.
+
+    Args:
+        context: Stage context.
+        name: Source name.
+        labels: Labels of the partitions to sum.
+        report: Receives the roll-up's metrics.
+        references: Input file of each partition label, for messages.
 
     Raises:
         DataNotFoundError: No partition is published yet (a date window that
             matched none of the source's files).
+        ValidationError: The partitions contain no edge, because every row
+            was rejected or the files have no data rows; the message counts
+            the rejected rows by rule.
     """
     if not labels:
         raise DataNotFoundError(
@@ -435,9 +457,11 @@ def _roll_up(
     connection.execute(
         f"CREATE OR REPLACE TEMP VIEW trip_edges AS SELECT * FROM read_parquet([{listed}])"
     )
-    partition_flow = connection.execute(
-        "SELECT coalesce(fsum(flow), 0) FROM trip_edges"
-    ).fetchall()[0][0]
+    partition_flow, edge_count = connection.execute(
+        "SELECT coalesce(fsum(flow), 0), count(*) FROM trip_edges"
+    ).fetchall()[0]
+    if edge_count == 0:
+        raise _nothing_published(context, name, labels, references)
 
     def check(staged):
         enforce(
@@ -466,6 +490,36 @@ def _roll_up(
     )
     report.metrics.update({f"{name}_edges": published.rows, f"{name}_total_flow": partition_flow})
     return published
+
+
+def _nothing_published(
+    context: StageContext, name: str, labels: Sequence[str], references: Mapping[str, str]
+) -> ValidationError:
+    """Return the error for a source whose partitions published no row.
+
+    With no edge published, every row read was quarantined, so the
+    partitions' quarantine tables give both the rows read and the rules.
+    """
+    counts: dict[str, int] = {}
+    for label in labels:
+        found = quarantine_rule_counts(context.root, STAGE, quarantine_source(name, label))
+        for rule, count in found.items():
+            counts[rule] = counts.get(rule, 0) + count
+    counts = dict(sorted(counts.items(), key=lambda item: -item[1]))
+    files = [references.get(label, label) for label in labels]
+    return nothing_published_error(STAGE, name, files, sum(counts.values()), counts)
+
+
+def _warn_if_empty(name: str, result: PartitionResult, quarantine: Quarantine, key: str) -> None:
+    """Log a warning for a partition whose rows were all rejected."""
+    if result.rows_read and not result.rows_published:
+        logger.warning(
+            "%s: every one of the %d rows of partition %s was rejected; rules: %s",
+            name,
+            result.rows_read,
+            result.label,
+            quarantine.rule_counts(key),
+        )
 
 
 def edge_files(region_root, name: str) -> list:

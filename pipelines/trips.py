@@ -15,6 +15,12 @@ checked before it reaches H3:
   finer cells are replaced by their parent.
 - Both endpoints must fall in the study area's cells.
 - Start times become UTC instants (see :mod:`pipelines.timeutil`).
+- Within a raw partition, a row that repeats an earlier row's ``trip_id``
+  is a duplicate (``duplicate_trip_id``); the first occurrence is kept.
+  Without a trip id, a row equal to an earlier one in every configured
+  column is a duplicate (``duplicate_row``), but only when a start time is
+  configured: without times, two equal rows can be two real trips (two
+  rides between the same stations).
 
 A rejected row goes to the quarantine with the first rule it broke, as
 ``<endpoint>: <rule>`` values. Clean rows are aggregated in DuckDB, batch by
@@ -41,7 +47,14 @@ from pipelines.errors import CRSError, SchemaError
 from pipelines.ids import normalise_ids
 from pipelines.partitions import InputPartition, read_batches
 from pipelines.resources import read_sql
-from pipelines.tabular import ROW_NUMBER, parse_numbers, read_csv_text, require_columns
+from pipelines.tabular import (
+    INVALID_NUMBER,
+    ROW_NUMBER,
+    invalid_numbers,
+    parse_numbers,
+    read_csv_text,
+    require_columns,
+)
 from pipelines.timeutil import floor_to_bucket, parse_times
 from pipelines.tokenize import (
     OUTSIDE_STUDY_AREA,
@@ -62,6 +75,8 @@ INVALID_CELL = "invalid_cell"
 CELL_COARSER_THAN_RESOLUTION = "cell_coarser_than_resolution"
 INVALID_FLOW = "invalid_flow"
 NEGATIVE_FLOW = "negative_flow"
+DUPLICATE_TRIP_ID = "duplicate_trip_id"
+DUPLICATE_ROW = "duplicate_row"
 
 CLEAN_SCHEMA = pa.schema(
     [
@@ -134,6 +149,11 @@ def _to_float(values: pd.Series) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(values.dtype):
         return values.to_numpy(dtype="float64", na_value=np.nan)
     return parse_numbers(values).to_numpy(dtype="float64", na_value=np.nan)
+
+
+def _invalid_xy(frame: pd.DataFrame, x_column: str, y_column: str) -> np.ndarray:
+    """Return a mask of rows whose x or y is text that is not a number (``"72,5"``)."""
+    return (invalid_numbers(frame[x_column]) | invalid_numbers(frame[y_column])).to_numpy()
 
 
 def _transformer(crs: str, source: str) -> Transformer | None:
@@ -210,8 +230,9 @@ def load_stations(config: StationsConfig, path, *, resolution: int, source: str)
     if transformer is not None:
         x, y = transformer.transform(x, y)
     checked = check_coordinates(x, y)
+    reasons = np.where(_invalid_xy(frame, config.x, config.y), INVALID_NUMBER, checked.reasons)
     rejected: dict[str, str] = {}
-    for station, reason in zip(ids.ids, checked.reasons, strict=True):
+    for station, reason in zip(ids.ids, reasons, strict=True):
         if reason is not None and not pd.isna(station):
             rejected[str(station)] = str(reason)
     keep = ids.reasons.isna().to_numpy() & checked.valid
@@ -284,6 +305,7 @@ class EndpointLocator:
         y = _to_float(frame[y_column])
         count = len(x)
         reasons = np.full(count, None, dtype=object)
+        reasons[_invalid_xy(frame, x_column, y_column)] = INVALID_NUMBER
         if self.reject_zero:
             reasons[(x == 0) & (y == 0)] = ZERO_COORDINATE
         if self.transformer is not None:
@@ -315,6 +337,29 @@ class EndpointLocator:
                 for a, b in zip(raw_x, raw_y, strict=True)
             ]
         return Located(cells, reasons, values, checked.lon, checked.lat)
+
+    def describe(self, frame: pd.DataFrame, located: Located, rows: np.ndarray) -> list[str]:
+        """Return where each of ``rows`` is, for quarantine values.
+
+        Coordinate endpoints show their columns as read, so that swapped or
+        mislabelled columns are visible, and the longitude and latitude they
+        became when the source CRS is not WGS 84. Station and cell endpoints
+        show the longitude and latitude of their station or cell. Each value
+        ends with the cell.
+        """
+        parts = [[self.label] for _ in rows]
+        if self.endpoint.kind == "coordinates":
+            x_column, y_column = str(self.endpoint.x), str(self.endpoint.y)
+            raw_x = frame[x_column].to_numpy()[rows]
+            raw_y = frame[y_column].to_numpy()[rows]
+            for part, a, b in zip(parts, raw_x, raw_y, strict=True):
+                part.append(f"{x_column}={a} {y_column}={b}")
+        if self.endpoint.kind != "coordinates" or self.transformer is not None:
+            for part, position in zip(parts, rows, strict=True):
+                part.append(f"lon={located.lon[position]:.6f} lat={located.lat[position]:.6f}")
+        for part, position in zip(parts, rows, strict=True):
+            part.append(f"cell={located.cells[position]:x}")
+        return [" ".join(part) for part in parts]
 
     def _stations(self, frame: pd.DataFrame) -> Located:
         assert self.stations is not None and self.endpoint.station is not None
@@ -431,6 +476,91 @@ def _first_reason(*candidates: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarra
     return reasons, values
 
 
+class DuplicateFinder:
+    """Finds rows of one raw partition that repeat an earlier row, across batches.
+
+    Rows are keyed by the trip id, or by every column the cleaner reads (see
+    the module docstring for when each applies). Keys seen in earlier batches
+    are kept as a sorted array of 64-bit hashes with the row number of their
+    first occurrence, so memory grows by 16 bytes per distinct row.
+
+    NOTE: two different keys with the same 64-bit hash are taken for
+    duplicates. For 10 million rows in a partition, the chance that any pair
+    collides is about 3e-6 (n² / 2⁶⁵).
+
+    Args:
+        columns: Columns that make up the key.
+        rule: Rule of a repeated row.
+        by_trip_id: Whether ``columns`` is the trip id; rows with a missing
+            trip id are then never duplicates.
+    """
+
+    def __init__(self, columns: Sequence[str], *, rule: str, by_trip_id: bool) -> None:
+        self.columns = list(columns)
+        self.rule = rule
+        self.by_trip_id = by_trip_id
+        self._hashes = np.empty(0, dtype="uint64")
+        self._first_rows = np.empty(0, dtype="int64")
+
+    @classmethod
+    def for_source(cls, source: TripsConfig, columns: Sequence[str]) -> DuplicateFinder | None:
+        """Return the finder a trips source calls for, or None when duplicates are kept."""
+        if source.trip_id is not None:
+            return cls([source.trip_id], rule=DUPLICATE_TRIP_ID, by_trip_id=True)
+        if source.start_time is not None:
+            return cls(columns, rule=DUPLICATE_ROW, by_trip_id=False)
+        return None
+
+    def check(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Return the rule and value per row of a batch (None where the row is new).
+
+        Batches must come in file order, because each call remembers the
+        batch's new keys for the batches after it.
+        """
+        count = len(frame)
+        reasons = np.full(count, None, dtype=object)
+        values = np.full(count, None, dtype=object)
+        if self.by_trip_id:
+            ids = frame[self.columns[0]].astype("string").str.strip()
+            present = (ids.notna() & (ids != "")).to_numpy(dtype=bool, na_value=False)
+            keyed = ids.to_frame()
+        else:
+            present = np.ones(count, dtype=bool)
+            keyed = frame[self.columns]
+        positions = np.flatnonzero(present)
+        if not len(positions):
+            return reasons, values
+        hashes = pd.util.hash_pandas_object(keyed.iloc[positions], index=False).to_numpy()
+        rows = frame[ROW_NUMBER].to_numpy(dtype="int64")[positions]
+
+        # The first row of each key: an earlier batch's, else this batch's first.
+        first_rows = pd.Series(rows).groupby(hashes, sort=False).transform("first").to_numpy()
+        earlier = np.zeros(len(hashes), dtype=bool)
+        if len(self._hashes):
+            found = np.minimum(np.searchsorted(self._hashes, hashes), len(self._hashes) - 1)
+            earlier = self._hashes[found] == hashes
+            first_rows = np.where(earlier, self._first_rows[found], first_rows)
+        repeated = earlier | (first_rows != rows)
+
+        new = ~repeated
+        merged = np.concatenate([self._hashes, hashes[new]])
+        order = np.argsort(merged, kind="stable")
+        self._hashes = merged[order]
+        self._first_rows = np.concatenate([self._first_rows, rows[new]])[order]
+
+        duplicates = positions[repeated]
+        reasons[duplicates] = self.rule
+        if self.by_trip_id:
+            shown = ids.to_numpy(dtype=object)[duplicates]
+            values[duplicates] = [
+                f"{self.columns[0]}={trip} (first at row {first})"
+                for trip, first in zip(shown, first_rows[repeated], strict=True)
+            ]
+        else:
+            values[duplicates] = [f"same as row {first}" for first in first_rows[repeated]]
+        return reasons, values
+
+
 class TripCleaner:
     """Checks trip rows and turns them into clean ``(cells, time bucket, flow)`` rows.
 
@@ -482,21 +612,35 @@ class TripCleaner:
                 columns.append(optional)
         return list(dict.fromkeys(columns))
 
-    def clean(self, batch: pa.Table) -> CleanBatch:
-        """Check one batch (with a ``row_number`` column) and return its clean rows."""
+    def duplicate_finder(self) -> DuplicateFinder | None:
+        """Return a new finder of repeated rows for one raw partition (None if none applies)."""
+        return DuplicateFinder.for_source(self.source, self.columns)
+
+    def clean(self, batch: pa.Table, duplicates: DuplicateFinder | None = None) -> CleanBatch:
+        """Check one batch (with a ``row_number`` column) and return its clean rows.
+
+        Args:
+            batch: Rows of one raw partition.
+            duplicates: The partition's finder of repeated rows; give the same
+                one to every batch of a partition, in file order.
+        """
         frame = batch.to_pandas(types_mapper=_string_mapper)
         count = len(frame)
         origin = self.origin.locate(frame)
         destination = self.destination.locate(frame)
         checks = [(origin.reasons, origin.values), (destination.reasons, destination.values)]
+        if duplicates is not None:
+            # A repeated row is reported as a duplicate even when it breaks
+            # other rules too, so the counts by rule show how much repeats.
+            checks.insert(0, duplicates.check(frame))
 
         outside = np.full(count, None, dtype=object)
         outside_values = np.full(count, None, dtype=object)
-        for located, label in ((origin, "origin"), (destination, "destination")):
+        for located, locator in ((origin, self.origin), (destination, self.destination)):
             placed = pd.isna(located.reasons)
             out = placed & ~self.study_area.contains(located.cells) & pd.isna(outside)
             outside[out] = OUTSIDE_STUDY_AREA
-            outside_values[out] = [f"{label} cell={cell:x}" for cell in located.cells[out]]
+            outside_values[out] = locator.describe(frame, located, np.flatnonzero(out))
         checks.append((outside, outside_values))
 
         buckets = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]")
@@ -628,8 +772,9 @@ def process_partition(
     schema: pa.Schema,
 ) -> PartitionResult:
     """Read, check and aggregate one raw partition of trip records."""
+    duplicates = cleaner.duplicate_finder()
     batches = (
-        cleaner.clean(batch)
+        cleaner.clean(batch, duplicates)
         for batch in read_batches(
             partition, schema, cleaner.columns, batch_rows=cleaner.source.batch_rows
         )

@@ -23,12 +23,13 @@ import shapely
 
 from pipelines.constants import AREA_KM2, EQUAL_AREA_CRS, H3_CELL, ZONE_ID
 from pipelines.context import InputCount, StageContext, StageReport
-from pipelines.errors import ValidationError
+from pipelines.errors import InputFormatError, ValidationError
 from pipelines.ids import id_prefix, normalise_ids
 from pipelines.storage import (
     QUARANTINE_TABLE,
     Quarantine,
     is_current,
+    nothing_published_error,
     publish_table,
     reuse_table,
 )
@@ -71,6 +72,11 @@ def run(context: StageContext) -> StageReport:
         path, layer=zones_config.layer, declared_crs=zones_config.crs, source=zones_config.input
     )
     rows_read = len(frame)
+    if rows_read == 0:
+        raise InputFormatError(
+            f"{zones_config.input}: {path} has no features; expected polygons with the id "
+            f"column(s) {[part.column for part in zones_config.id]}. Check the file and `layer`."
+        )
     frame = frame.reset_index(drop=True)
     row_numbers = pd.Series(np.arange(1, rows_read + 1), index=frame.index)
 
@@ -131,6 +137,11 @@ def run(context: StageContext) -> StageReport:
             values=[None] * int(no_cells.sum()),
         )
         zones = zones[~no_cells].reset_index(drop=True)
+    if zones.empty:
+        quarantine.publish(context.root, fingerprint)
+        raise nothing_published_error(
+            STAGE, source, [zones_config.input], rows_read, quarantine.rule_counts(source)
+        )
 
     zone_table, zone_cells, cells = _tables(zones, overlay, zones_config.group_prefix_length)
     for name, table, suite in (
@@ -219,3 +230,56 @@ def _tables(zones, overlay: pd.DataFrame, group_prefix_length: int | None):
         1.0,
     )
     return zone_table, zone_cells.reset_index(drop=True), cell_table
+
+
+# Share of unmatched ids above which a missing ``width`` is suspected.
+_UNMATCHED_SHARE_FOR_WIDTH_HINT = 0.5
+
+
+def suggest_id_width(
+    ids: pd.Series, zone_ids: pd.Index, *, source: str, columns: list[str]
+) -> int | None:
+    """Log a warning when ids lost their leading zeros, and return the width that fixes them.
+
+    A numeric id read without ``width`` keeps its text (``9001``) while the
+    zones' ids may be zero-padded (``09001``), so no id matches. When most of
+    ``ids`` match no zone, the zones' ids all have one length N and are
+    digits, and padding the unmatched ids to N digits would match most of
+    them, the warning names ``width: N``.
+
+    Args:
+        ids: Normalised ids of an input (missing ones are ignored).
+        zone_ids: Ids of the zones table.
+        source: Input name for the message.
+        columns: The id column(s) of the input.
+
+    Returns:
+        The suggested width, or None when no padding explains the mismatch.
+    """
+    present = ids.dropna().astype(str)
+    unmatched = present[~present.isin(zone_ids)]
+    if not len(present) or len(unmatched) <= _UNMATCHED_SHARE_FOR_WIDTH_HINT * len(present):
+        return None
+    zone_text = pd.Series(zone_ids.astype(str))
+    widths = zone_text.str.len().unique()
+    if len(widths) != 1 or not zone_text.str.isdigit().all():
+        return None
+    width = int(widths[0])
+    digits = unmatched[unmatched.str.isdigit() & (unmatched.str.len() < width)]
+    padded = digits.str.zfill(width).isin(zone_ids)
+    if padded.sum() <= _UNMATCHED_SHARE_FOR_WIDTH_HINT * len(unmatched):
+        return None
+    logger.warning(
+        "%s: %d of %d ids in %s match no zone, but %d of them match once zero-padded to %d "
+        "digits (%s -> %s); set `width: %d` on the id column in the config",
+        source,
+        len(unmatched),
+        len(present),
+        columns,
+        int(padded.sum()),
+        width,
+        digits[padded].iloc[0],
+        digits[padded].iloc[0].zfill(width),
+        width,
+    )
+    return width

@@ -60,7 +60,7 @@ def test_row_rules(region, cases_dir, tmp_path):
     rejected = quarantine_of(root, "trips").set_index("key")
     assert rejected["rule"].to_dict() == {
         "zero": "zero_coordinate",
-        "text": "missing_coordinate",
+        "text": "invalid_number",
         "lon": "longitude_out_of_range",
         "time": "invalid_time",
         "noflow": "invalid_flow",
