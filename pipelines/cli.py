@@ -151,10 +151,8 @@ def _data(args: argparse.Namespace) -> int:
         for key in args.keys:
             print(datasets.fetch(key))
         return 0
-    cached = datasets.cache_dir()
     for key, entry in sorted(datasets.registry().items()):
-        present = "cached " if (cached / key).is_file() else "missing"
-        print(f"{present} {entry.size_bytes:>10} {key}")
+        print(f"{datasets.cache_status(key):<12} {entry.size_bytes:>10} {key}")
     return 0
 
 

@@ -127,6 +127,34 @@ def fetch(key: str) -> Path:
     return _download(entry, target)
 
 
+CACHED = "cached"
+MISSING = "missing"
+WRONG_SHA256 = "wrong sha256"
+
+
+def cache_status(key: str) -> str:
+    """Return whether a registered file is in the cache with its registered hash.
+
+    Returns:
+        :data:`CACHED`, :data:`MISSING`, or :data:`WRONG_SHA256` for a cached
+        file whose size or sha256 differs from the registry (which
+        :func:`fetch` rejects).
+
+    Raises:
+        DataNotFoundError: The key is not registered.
+    """
+    entries = registry()
+    if key not in entries:
+        raise DataNotFoundError(f"{key!r} is not in the dataset registry {REGISTRY_FILE}")
+    entry = entries[key]
+    path = cache_dir() / key
+    if not path.is_file():
+        return MISSING
+    if path.stat().st_size != entry.size_bytes or file_sha256(path) != entry.sha256:
+        return WRONG_SHA256
+    return CACHED
+
+
 def _download(entry: RegistryEntry, target: Path) -> Path:
     logger.info("downloading %s from %s", entry.key, entry.url)
     target.parent.mkdir(parents=True, exist_ok=True)
