@@ -340,7 +340,8 @@ class TripsConfig(_Strict):
         crs: CRS of coordinate endpoints.
         stations: Station table, needed when an endpoint is a station id.
         start_time: Start time; trips then get UTC time buckets.
-        trip_id: Column identifying a trip in quarantine rows.
+        trip_id: Column identifying a trip: named in quarantine rows, and a repeated
+            id within one raw file is quarantined as ``duplicate_trip_id``.
         flow: Column of a count or weight per row; each row counts 1 when omitted.
         time_bucket: Length of the UTC time buckets of ``trip_edges``.
         zero_coordinates: ``reject`` quarantines endpoints at exactly (0, 0)
