@@ -1,4 +1,4 @@
-"""Benchmark runs on real pipeline outputs: ablations, the leakage-free density variant, Manhattan."""
+"""Benchmark runs on real pipeline outputs: ablations, leakage-free density, Manhattan."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from pipelines.config import load_config
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 UNEMPLOYMENT = "us/labels/ers_Unemployment_MedianHHIncome_2000_2018.csv"
 
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Label tables of the benchmark tasks: each unit kind joins the real files with the right counts."""
+"""Label tables of the benchmark tasks: each unit kind joins the real files with right counts."""
 
 from __future__ import annotations
 

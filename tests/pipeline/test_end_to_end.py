@@ -9,6 +9,7 @@ or geopandas and compares.
 from __future__ import annotations
 
 import hashlib
+
 import h3
 import numpy as np
 import pandas as pd
@@ -71,7 +72,9 @@ def test_zone_cells_cover_each_county_area(pipeline_run):
 def test_od_flows_match_raw_file(pipeline_run):
     config, _, _ = pipeline_run
     raw = _raw_flows()
-    inside = raw[raw["origin"].str.startswith(NEW_YORK) & raw["destination"].str.startswith(NEW_YORK)]
+    inside = raw[
+        raw["origin"].str.startswith(NEW_YORK) & raw["destination"].str.startswith(NEW_YORK)
+    ]
     expected_total = inside["workers"].str.replace(",", "").astype(float).sum()
     od = _table(config, "od_flows", {"source": "acs_commuting"})
     assert len(od) == len(inside)
@@ -83,7 +86,9 @@ def test_od_flows_match_raw_file(pipeline_run):
         _table(config, "zone_cells").query("zone_id == '36061'")["h3_cell"].astype("uint64")
     )
     row = inside[(inside["origin"] == "36061") & (inside["destination"] == "36061")]
-    within = edges[edges["origin_cell"].isin(manhattan_cells) & edges["destination_cell"].isin(manhattan_cells)]
+    within = edges[
+        edges["origin_cell"].isin(manhattan_cells) & edges["destination_cell"].isin(manhattan_cells)
+    ]
     assert within["flow"].sum() >= float(row["workers"].iloc[0].replace(",", ""))
 
 
@@ -145,7 +150,9 @@ def test_county_embedding_is_area_weighted_cell_mean(pipeline_run):
     vectors = cells.loc[zone_cells["h3_cell"].to_numpy(), columns].to_numpy(dtype="float64")
     expected = (vectors * weights[:, None]).sum(axis=0) / weights.sum()
     zones = _table(config, "zone_embeddings", {"variant": "mora"}).set_index("zone_id")
-    np.testing.assert_allclose(zones.loc["36061", columns].to_numpy(float), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        zones.loc["36061", columns].to_numpy(float), expected, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_benchmark_table_and_mlflow_run(pipeline_run):

@@ -14,8 +14,6 @@ from pipelines.storage import table_path
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "us_scaling_small.yaml"
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def scaling_run(tmp_path_factory):
@@ -42,14 +40,20 @@ def test_points_cover_both_curves(scaling_run):
     assert flows["train_edges"].iloc[0] < flows["train_edges"].iloc[1]
     # Every point is scored on New York's 62 counties only.
     assert set(points["task"]) == {
-        "bachelor_share", "elderly_share", "median_income", "poverty_rate", "unemployment_rate"
+        "bachelor_share",
+        "elderly_share",
+        "median_income",
+        "poverty_rate",
+        "unemployment_rate",
     }
 
 
 def test_flow_share_point_thins_edges(scaling_run):
     config, _, output_root = scaling_run
     full = pd.read_parquet(
-        table_path(output_root / f"{config.name}-new_york", "mobility_edges", {"source": "acs_commuting"})
+        table_path(
+            output_root / f"{config.name}-new_york", "mobility_edges", {"source": "acs_commuting"}
+        )
     )
     thinned = pd.read_parquet(
         table_path(
