@@ -26,6 +26,7 @@ import rasterio
 
 from mora_models.checkpoint import load_model
 from mora_models.data import GraphData
+from pipelines import datasets, embedding
 from pipelines.config import OUTPUT_ROOT_ENV, RegionConfig, load_config
 from pipelines.constants import DESTINATION_CELL, FLOW, H3_CELL, ORIGIN_CELL, ZONE_ID
 from pipelines.context import StageContext, StageReport
@@ -33,6 +34,7 @@ from pipelines.features import MODALITY_TABLES
 from pipelines.imagery import CHIPS_TABLE, raster_table
 from pipelines.runner import INGEST_STAGES, RunOptions, run_stage
 from pipelines.storage import table_path
+from pipelines.tokenize import cells_to_strings
 from pipelines.training import modality_coverage, model_path
 from pipelines.zones import ZONE_CELLS_TABLE
 
@@ -360,3 +362,36 @@ def test_new_york_population_per_cell(new_york):
 
     for cell in sample:
         assert census.loc[cell, "POPESTIMATE2010"] == pytest.approx(expected[cell], rel=1e-6)
+
+
+def test_manhattan_embeds_cells_points_polygons(manhattan, monkeypatch):
+    monkeypatch.delenv(OUTPUT_ROOT_ENV, raising=False)
+    config = manhattan["config"]
+    cells = _table(manhattan, "cell_embeddings", {"variant": "mora"}).set_index(H3_CELL)
+    columns = embedding.embedding_columns(cells)
+    assert len(columns) == 128
+
+    wanted = cells.index[:3].to_numpy()
+    by_cell = embedding.embed_cells(config, cells_to_strings(wanted))
+    np.testing.assert_array_equal(
+        by_cell[columns].to_numpy(), cells.loc[wanted, columns].to_numpy()
+    )
+
+    # Times Square lies in a trained cell; a point in Queens gets the location encoder's vector.
+    points = embedding.embed_points(
+        config, np.array([-73.9855, -73.8303]), np.array([40.7580, 40.7282])
+    )
+    assert points["embedding_source"].tolist() == ["cell", "location_encoder"]
+    assert np.isfinite(points[columns].to_numpy()).all()
+
+    # The 180 region polygons embed like the region's zones, which are the same polygons.
+    path = datasets.fetch("nyc/benchmark_manhattan/mgfn/mh-180.shp")
+    polygons = embedding.embed_polygons(config, path, id_column="region_id")
+    zones = _table(manhattan, "zone_embeddings", {"variant": "mora"})
+    polygons = polygons.assign(zone_id=polygons["region_id"].astype(str)).set_index("zone_id")
+    zones = zones.set_index(ZONE_ID)
+    shared = polygons.index.intersection(zones.index)
+    assert len(shared) == len(zones)
+    np.testing.assert_allclose(
+        polygons.loc[shared, columns].to_numpy(), zones.loc[shared, columns].to_numpy(), atol=1e-5
+    )
