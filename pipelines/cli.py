@@ -69,7 +69,10 @@ class _EpochProgress:
             # Outside a terminal the trainer's INFO line per epoch shows progress;
             # a bar would only fill log files with carriage returns.
             bar = tqdm(
-                total=self.max_epochs, desc=f"train {variant}", unit="epoch", leave=True,
+                total=self.max_epochs,
+                desc=f"train {variant}",
+                unit="epoch",
+                leave=True,
                 disable=not sys.stderr.isatty(),
             )
             self.bars[variant] = bar
@@ -184,8 +187,10 @@ def _register(args: argparse.Namespace) -> int:
     champion = "none" if decision.champion is None else f"{decision.champion:.4f}"
     print(f"{decision.model_name} version {decision.version}: {decision.reason}")
     print(f"  {decision.metric}: challenger {decision.challenger:.4f}, champion {champion}")
-    print(f"  champion alias {'moved to' if decision.promoted else 'kept on'} "
-          f"version {decision.version if decision.promoted else decision.champion_version}")
+    print(
+        f"  champion alias {'moved to' if decision.promoted else 'kept on'} "
+        f"version {decision.version if decision.promoted else decision.champion_version}"
+    )
     return 0
 
 
@@ -201,8 +206,9 @@ def _embed(args: argparse.Namespace) -> int:
     elif args.lon is not None:
         if args.lat is None:
             raise ConfigError("--lon needs --lat")
-        result = embedding.embed_points(config, [args.lon], [args.lat], args.variant,
-                                        encoder_only=args.encoder_only)
+        result = embedding.embed_points(
+            config, [args.lon], [args.lat], args.variant, encoder_only=args.encoder_only
+        )
     elif args.points is not None:
         lon, lat = embedding.read_points(args.points, args.lon_column, args.lat_column)
         result = embedding.embed_points(
@@ -210,7 +216,11 @@ def _embed(args: argparse.Namespace) -> int:
         )
     else:
         result = embedding.embed_polygons(
-            config, args.polygons, id_column=args.id_column, layer=args.layer, crs=args.crs,
+            config,
+            args.polygons,
+            id_column=args.id_column,
+            layer=args.layer,
+            crs=args.crs,
             variant=args.variant,
         )
     if args.output is not None:
@@ -424,8 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--id", dest="id_column", help="id column of --polygons")
     embed.add_argument("--layer", help="layer of a multi-layer --polygons file")
     embed.add_argument("--crs", help="CRS of --polygons when the file declares none")
-    embed.add_argument("--encoder-only", action="store_true",
-                       help="embed points with the location encoder even inside trained cells")
+    embed.add_argument(
+        "--encoder-only",
+        action="store_true",
+        help="embed points with the location encoder even inside trained cells",
+    )
     embed.add_argument("--variant", default="mora", help="trained variant (default: mora)")
     embed.add_argument(
         "--output", type=Path, help="write a .parquet or .csv file instead of printing"

@@ -147,8 +147,9 @@ def embed_cells(
     found = table.reindex(ids)[embedding_columns(table)]
     missing = int(found.isna().all(axis=1).sum())
     if missing:
-        logger.warning("%d of %d cells have no embedding in region %s", missing, len(ids),
-                       config.name)
+        logger.warning(
+            "%d of %d cells have no embedding in region %s", missing, len(ids), config.name
+        )
     found.index.name = H3_CELL
     return found.reset_index()
 

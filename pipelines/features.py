@@ -163,8 +163,9 @@ def _modality(context: StageContext, modality: str, name: str) -> PublishedTable
     # has census values) takes that column's median.
     partial = features.isna().any(axis=1)
     if partial.any():
-        logger.info("%s: %d cells miss some columns; filled with column medians", name,
-                    int(partial.sum()))
+        logger.info(
+            "%s: %d cells miss some columns; filled with column medians", name, int(partial.sum())
+        )
         features = features.fillna(features.median())
     features.columns = [str(column) for column in features.columns]
     features = features.reset_index()

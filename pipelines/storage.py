@@ -548,6 +548,10 @@ _RULE_HINTS = {
     ),
     "missing_time": "the start time cells are empty: check the `start_time` column",
     "invalid_time": "the start times cannot be read: check `start_time.format`",
+    "time_out_of_range": (
+        "the start times are before 1900 or after 2199: check the column and "
+        "`start_time.format` (epoch seconds read as milliseconds, or the reverse)"
+    ),
     "blank_row": "every data row is empty",
     "null_geometry": "the features have no geometry",
     "empty_geometry": "the features have empty geometries",

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from pipelines.errors import InputFormatError, SchemaError
@@ -213,14 +214,16 @@ def parse_numbers(values: pd.Series) -> pd.Series:
     A comma is read only as a thousands separator in the US style
     (``"1,234"``, ``"-950,000.5"``). Any other comma (``"72,5"``,
     ``"1,2,3"``) makes the value invalid rather than losing the comma, which
-    would turn a decimal comma into a number 10 times larger.
+    would turn a decimal comma into a number 10 times larger. Infinite
+    values (``inf``, ``1e400``) are invalid too.
     :func:`invalid_numbers` marks those values.
     """
     text = values.astype("string").str.strip()
     has_comma = text.str.contains(",", regex=False).fillna(False)
     grouped = text.str.fullmatch(_THOUSANDS_PATTERN).fillna(False)
     text = text.mask(has_comma & ~grouped, pd.NA).str.replace(",", "", regex=False)
-    return pd.to_numeric(text, errors="coerce").astype("float64")
+    numbers = pd.to_numeric(text, errors="coerce").astype("float64")
+    return numbers.where(np.isfinite(numbers))
 
 
 def invalid_numbers(values: pd.Series, parsed: pd.Series | None = None) -> pd.Series:

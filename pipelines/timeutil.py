@@ -33,6 +33,13 @@ MISSING_TIME = "missing_time"
 INVALID_TIME = "invalid_time"
 AMBIGUOUS_LOCAL_TIME = "ambiguous_local_time"
 NONEXISTENT_LOCAL_TIME = "nonexistent_local_time"
+TIME_OUT_OF_RANGE = "time_out_of_range"
+
+# Times outside these years are rejected as implausible for mobility logs.
+# The check runs before any time zone arithmetic, because that fails near
+# the ends of the datetime range (a local 9999-12-31 23:59 is in year 10000 UTC).
+FIRST_YEAR = 1900
+LAST_YEAR = 2199
 
 UTC = "UTC"
 TIME_UNIT = "us"
@@ -101,6 +108,7 @@ def parse_times(
     if isinstance(values.dtype, pd.DatetimeTZDtype):
         utc[:] = values.dt.tz_convert(UTC).dt.as_unit(TIME_UNIT)
         reasons[values.isna()] = MISSING_TIME
+        _reject_out_of_range(utc, utc, reasons)
         return ParsedTimes(utc, reasons)
 
     if time_format in EPOCH_FORMATS:
@@ -117,12 +125,14 @@ def parse_times(
         parsed = pd.to_datetime(numbers, unit=EPOCH_FORMATS[time_format], utc=True, errors="coerce")
         utc[:] = parsed.dt.as_unit(TIME_UNIT)
         reasons[values.isna()] = MISSING_TIME
-        reasons[values.notna() & utc.isna()] = INVALID_TIME
+        _reject_out_of_range(utc, utc, reasons)
+        reasons[values.notna() & utc.isna() & reasons.isna()] = INVALID_TIME
         return ParsedTimes(utc, reasons)
 
     if pd.api.types.is_datetime64_dtype(values.dtype):
         naive = values.dt.as_unit(TIME_UNIT)
         reasons[naive.isna()] = MISSING_TIME
+        naive = naive.mask(_reject_out_of_range(naive, None, reasons))
         _localise(naive, utc, reasons, time_zone, ambiguous, nonexistent, order_groups)
         return ParsedTimes(utc, reasons)
 
@@ -139,8 +149,10 @@ def parse_times(
             text[aware], utc=True, format=time_format or "ISO8601", errors="coerce"
         )
         utc[aware] = parsed.dt.as_unit(TIME_UNIT)
+        _reject_out_of_range(utc, utc, reasons)
     if naive_rows.any():
         parsed = pd.to_datetime(text[naive_rows], format=time_format or "ISO8601", errors="coerce")
+        parsed = parsed.mask(_reject_out_of_range(parsed, None, reasons))
         naive = pd.Series(pd.NaT, index=index, dtype=f"datetime64[{TIME_UNIT}]")
         naive[naive_rows] = parsed.dt.as_unit(TIME_UNIT)
         groups = order_groups[naive_rows] if order_groups is not None else None
@@ -157,6 +169,27 @@ def parse_times(
     invalid = ~missing & utc.isna() & reasons.isna()
     reasons[invalid] = INVALID_TIME
     return ParsedTimes(utc, reasons)
+
+
+def _reject_out_of_range(times: pd.Series, utc: pd.Series | None, reasons: pd.Series) -> pd.Series:
+    """Mark times outside ``FIRST_YEAR``..``LAST_YEAR`` as ``time_out_of_range``.
+
+    Args:
+        times: Naive or UTC times (a subset of the rows of ``reasons``).
+        utc: The UTC column to clear at those rows, or None.
+        reasons: Rejection reasons, written in place.
+
+    Returns:
+        The mask of rejected rows, aligned with ``times``.
+    """
+    years = times.dt.year
+    outside = times.notna() & ((years < FIRST_YEAR) | (years > LAST_YEAR))
+    if outside.any():
+        rows = outside[outside].index
+        reasons[rows] = TIME_OUT_OF_RANGE
+        if utc is not None:
+            utc[rows] = pd.NaT
+    return outside
 
 
 def _localise(

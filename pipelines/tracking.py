@@ -170,9 +170,7 @@ class Tracker:
         # Without experiment_id MLflow puts a nested run in the active
         # experiment, which is "Default" unless set_experiment was called.
         experiment_id = self.run.info.experiment_id
-        with self._mlflow.start_run(
-            run_name=name, nested=True, experiment_id=experiment_id
-        ) as run:
+        with self._mlflow.start_run(run_name=name, nested=True, experiment_id=experiment_id) as run:
             yield run
 
     def log_config(self) -> None:

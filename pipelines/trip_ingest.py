@@ -274,8 +274,8 @@ def _current_labels(
             missing.append(partition.label)
     if missing:
         logger.warning(
-            "%s: the roll-up leaves out %d partitions not ingested for the current inputs (%s); "
-            "ingest them with a date window that covers them",
+            "%s: the roll-up leaves out %d partition(s) not ingested for the current inputs "
+            "(%s); ingest them with a date window that covers them",
             name,
             len(missing),
             ", ".join(missing),

@@ -46,8 +46,19 @@ def test_with_ablations_trains_every_variant():
 def test_cli_parses_ablations_and_label_options():
     parser = cli.build_parser()
     args = parser.parse_args(
-        ["benchmark", "c.yaml", "--ablations", "--labels", "l.csv", "--target", "UHI Index",
-         "--lon", "Longitude", "--lat", "Latitude"]
+        [
+            "benchmark",
+            "c.yaml",
+            "--ablations",
+            "--labels",
+            "l.csv",
+            "--target",
+            "UHI Index",
+            "--lon",
+            "Longitude",
+            "--lat",
+            "Latitude",
+        ]
     )
     assert args.ablations
     assert args.labels == Path("l.csv")

@@ -14,7 +14,6 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 UNEMPLOYMENT = "us/labels/ers_Unemployment_MedianHHIncome_2000_2018.csv"
 
 
-
 @pytest.fixture
 def output_root(tmp_path, monkeypatch):
     monkeypatch.setenv("MORA_OUTPUT_ROOT", str(tmp_path))
@@ -46,8 +45,16 @@ def test_label_table_added_from_command_line(output_root, tmp_path):
     frame[["FIPStxt", "Unemployment_rate_2010"]].to_csv(labels, index=False)
     assert cli.main(["run", str(config)]) == 0
     code = cli.main(
-        ["benchmark", str(config), "--labels", str(labels), "--target", "Unemployment_rate_2010",
-         "--id", "FIPStxt"]
+        [
+            "benchmark",
+            str(config),
+            "--labels",
+            str(labels),
+            "--target",
+            "Unemployment_rate_2010",
+            "--id",
+            "FIPStxt",
+        ]
     )
     assert code == 0
     summary = _summary(config)

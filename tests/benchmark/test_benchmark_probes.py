@@ -85,8 +85,17 @@ def test_lightgbm_probe_splits_on_small_fold():
 
 @pytest.mark.parametrize(
     ("n_train", "configured", "expected"),
-    [(41, 20, 4), (42, 20, 4), (10, 20, 2), (5, 20, 2), (199, 20, 19), (200, 20, 20),
-     (5000, 20, 20), (1000, 5, 5), (30, 1, 1)],
+    [
+        (41, 20, 4),
+        (42, 20, 4),
+        (10, 20, 2),
+        (5, 20, 2),
+        (199, 20, 19),
+        (200, 20, 20),
+        (5000, 20, 20),
+        (1000, 5, 5),
+        (30, 1, 1),
+    ],
 )
 def test_leaf_size_rule(n_train, configured, expected):
     assert leaf_size_for(n_train, configured) == expected

@@ -115,8 +115,11 @@ def test_uhi_cell_task_averages_points_per_cell(region):
 
 def test_manhattan_builtin_labels_every_region(region):
     zone_cells = pd.DataFrame(
-        {"zone_id": [str(i) for i in range(180)], "h3_cell": np.arange(180, dtype="uint64") + 1,
-         "overlap_km2": 1.0}
+        {
+            "zone_id": [str(i) for i in range(180)],
+            "h3_cell": np.arange(180, dtype="uint64") + 1,
+            "overlap_km2": 1.0,
+        }
     )
     task = TaskConfig(name="crime", label="crime", builtin="manhattan_180", scale="region")
     units = load_task_units(task, region, zone_cells)

@@ -57,9 +57,7 @@ def test_block_groups_by_prefix_and_parent():
     ids = ["36061000100", "36061000200", "36005000100"]
     units = TaskUnits(
         pd.Series([1.0, 2.0, 3.0], index=ids),
-        pd.DataFrame(
-            {"zone_id": ids, "h3_cell": cells.index[:3].to_numpy(), "overlap_km2": 1.0}
-        ),
+        pd.DataFrame({"zone_id": ids, "h3_cell": cells.index[:3].to_numpy(), "overlap_km2": 1.0}),
         "polygon",
     )
     by_county = block_groups(units, prefix_length=5)

@@ -110,3 +110,23 @@ def test_no_matching_id_error(cases_dir, tmp_path):
     assert "set `width`" in message
     quarantined = read_quarantine(config.region_root)
     assert len(quarantined[quarantined["stage"] == "census"]) == 2
+
+
+def test_infinite_values_flagged(cases_dir, tmp_path):
+    table = (
+        "GEOID,NAME,pop_total\n"
+        "01001,Synthetic County A,inf\n"
+        "06037,Synthetic County B,1e400\n"
+        "36047,Synthetic County C,-Infinity\n"
+        "53033,Synthetic County D,2269675\n"
+    )
+    config = _config(cases_dir, tmp_path, table, {"column": "GEOID", "width": 5})
+    context, _ = run_census(config)
+
+    units = pd.read_parquet(table_path(context.root, ZONE_VALUES_TABLE, {"source": "acs"}))
+    values = dict(zip(units[ZONE_ID], units["pop_total"], strict=True))
+    flags = dict(zip(units[ZONE_ID], units["pop_total_flag"], strict=True))
+    for zone in ("01001", "06037", "36047"):
+        assert pd.isna(values[zone]), zone
+        assert flags[zone] == NOT_A_NUMBER, zone
+    assert values["53033"] == 2269675.0

@@ -242,3 +242,22 @@ def test_comma_in_coordinate_is_invalid_number(tmp_path):
     rejected = quarantine_of(config.region_root, "yellow").set_index("row_number")
     assert rejected.loc[1, "rule"] == "invalid_number"
     assert "pickup_longitude=-73,9" in rejected.loc[1, "value"]
+
+
+def test_far_future_time_is_quarantined(tmp_path):
+    rows = pd.read_csv(datasets.fetch(YELLOW), dtype=str).head(40)
+    # A local time at the end of year 9999 lies in year 10000 UTC.
+    rows.loc[3, "tpep_pickup_datetime"] = "9999-12-31 23:59:59"
+    rows.loc[7, "tpep_pickup_datetime"] = "1600-01-01 08:00:00"
+    path = tmp_path / "yellow_2015-07.csv"
+    rows.to_csv(path, index=False)
+    config = _region(tmp_path / "region", _yellow(path))
+
+    _, report = run_stages(config)
+
+    quarantined = quarantine_of(config.region_root, "yellow")
+    out_of_range = quarantined[quarantined["rule"] == "time_out_of_range"]
+    assert sorted(out_of_range["row_number"].tolist()) == [4, 8]
+    count = report.inputs[0]
+    assert count.read == 40
+    assert count.read == count.published + count.quarantined
