@@ -31,7 +31,7 @@ MIN_PAIR_CELLS = 2
 # unit vectors lie in [-1/τ, 1/τ], so a row or column sum of B terms lies in
 # [B·exp(-1/τ), B·exp(1/τ)]. Keeping 1/τ + ln B below this bound keeps both
 # ends normal float32 numbers (float32 exp underflows below -87 and overflows
-# above 88); lower temperatures or larger batches take the log-softmax path.
+# above 88). Lower temperatures or larger batches take the log-softmax path.
 _MAX_FUSED_EXPONENT = 80.0
 # Smallest norm divided by in L2 normalisation, as in torch.nn.functional.normalize.
 _NORM_EPS = 1e-12

@@ -1070,7 +1070,7 @@ class RegionConfig(_Strict):
 
     @property
     def region_root(self) -> Path:
-        """Directory that holds every output of this region.
+        """Directory that contains every output of this region.
 
         The root is the explicit one of :meth:`with_output_root`, else
         ``MORA_OUTPUT_ROOT``, else ``output_root``.

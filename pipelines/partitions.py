@@ -121,7 +121,7 @@ def parse_day(value: str | date | None, name: str) -> date | None:
 
 @dataclass(frozen=True)
 class PartitionScope:
-    """Which raw partitions of the trip and ping sources a run processes.
+    """Selection of the raw partitions of trip and ping sources that a run processes.
 
     The default scope processes every partition, removes partitions whose
     file is gone and rolls all of them up. A window or a list of labels

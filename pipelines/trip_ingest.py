@@ -429,7 +429,7 @@ def _roll_up(
         DataNotFoundError: No partition is published yet (a date window that
             matched none of the source's files).
         ValidationError: The partitions contain no edge, because every row
-            was rejected or the files have no data rows; the message counts
+            was rejected or the files have no data rows. The message counts
             the rejected rows by rule.
     """
     if not labels:

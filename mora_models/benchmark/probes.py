@@ -202,7 +202,7 @@ class LightGBMProbe:
 
         The minimum leaf size is :func:`leaf_size_for` of the row count. A
         model in which no tree split predicts the mean target everywhere,
-        and a warning says so.
+        and a warning is logged for it.
         """
         rows = np.asarray(features, dtype=np.float64)
         values = np.asarray(target, dtype=np.float64)

@@ -187,7 +187,7 @@ def _run_window(config, start, end):
         context.close()
 
 
-def test_date_window_ingests_its_months_and_rolls_up_current_ones(tmp_path):
+def test_date_windows_match_full_run(tmp_path):
     raw = _raw_copies(tmp_path / "raw")
     full = _config(tmp_path / "full", raw)
     run_stages(full)
