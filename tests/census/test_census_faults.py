@@ -11,22 +11,12 @@ import logging
 import pandas as pd
 import pytest
 from census_helpers import run_census, write_config
+from region_helpers import UNUSED_MOBILITY
 
 from pipelines.census import NOT_A_NUMBER, ZONE_VALUES_TABLE
 from pipelines.constants import ZONE_ID
 from pipelines.errors import ValidationError
 from pipelines.storage import read_quarantine, table_path
-
-UNUSED_MOBILITY = [
-    {
-        "name": "flows",
-        "kind": "od_table",
-        "input": "unused.csv",
-        "origin": "a",
-        "destination": "b",
-        "flow": "trips",
-    }
-]
 
 
 def _config(cases_dir, tmp_path, table: str, zone_id):

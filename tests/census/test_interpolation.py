@@ -11,23 +11,13 @@ import shapely
 from census_helpers import run_census, write_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from region_helpers import UNUSED_MOBILITY
 
 from pipelines.census import ZONE_VALUES_TABLE, census_table, interpolate
 from pipelines.census_boundaries import boundary_weights, overlay_boundaries
 from pipelines.config import CensusTableConfig
 from pipelines.constants import EQUAL_AREA_CRS, H3_CELL, WGS84, ZONE_ID
 from pipelines.storage import Quarantine, read_quarantine, table_path
-
-UNUSED_MOBILITY = [
-    {
-        "name": "flows",
-        "kind": "od_table",
-        "input": "unused.csv",
-        "origin": "a",
-        "destination": "b",
-        "flow": "trips",
-    }
-]
 
 
 def _table(**options) -> CensusTableConfig:

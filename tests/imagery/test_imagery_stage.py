@@ -11,6 +11,7 @@ import rasterio
 import yaml
 from imagery_helpers import pixel_cells
 from pyproj import Transformer
+from region_helpers import UNUSED_MOBILITY
 
 from pipelines import imagery, zones
 from pipelines.config import load_config
@@ -55,16 +56,7 @@ def seurasaari(tmp_path_factory):
         "resolution": RESOLUTION,
         "output_root": str(directory / "out"),
         "zones": {"input": str(zones_file), "id": "id"},
-        "mobility": [
-            {
-                "name": "flows",
-                "kind": "od_table",
-                "input": "unused.csv",
-                "origin": "a",
-                "destination": "b",
-                "flow": "trips",
-            }
-        ],
+        "mobility": UNUSED_MOBILITY,
         "imagery": [
             {
                 "name": "sentinel2",

@@ -10,6 +10,7 @@ from affine import Affine
 from imagery_helpers import cells_frame, pixel_cells, write_raster
 from pyproj import Transformer
 from rasterio.windows import Window
+from region_helpers import UNUSED_MOBILITY
 
 from pipelines import raster_tiles
 from pipelines.config import RasterConfig
@@ -84,16 +85,7 @@ def _region_with_raster(raster: dict, output_root):
             "resolution": 7,
             "output_root": str(output_root),
             "zones": {"input": "unused.geojson", "id": "id"},
-            "mobility": [
-                {
-                    "name": "flows",
-                    "kind": "od_table",
-                    "input": "unused.csv",
-                    "origin": "a",
-                    "destination": "b",
-                    "flow": "trips",
-                }
-            ],
+            "mobility": UNUSED_MOBILITY,
             "imagery": [raster],
         }
     )

@@ -5,23 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from region_helpers import UNUSED_MOBILITY
 
 from pipelines import poi, zones
 from pipelines.config import RegionConfig, load_config
 from pipelines.context import StageContext, StageReport
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# The POI stage reads no mobility input; a region config needs one all the same.
-UNUSED_MOBILITY = [
-    {
-        "name": "flows",
-        "kind": "od_table",
-        "input": "unused.csv",
-        "origin": "a",
-        "destination": "b",
-        "flow": "trips",
-    }
-]
 
 
 def write_config(directory: Path, raw: dict) -> RegionConfig:

@@ -8,6 +8,7 @@ import shutil
 import pandas as pd
 import pytest
 import yaml
+from region_helpers import UNUSED_MOBILITY
 
 from pipelines import cli, datasets, zones
 from pipelines.config import OUTPUT_ROOT_ENV, load_config
@@ -69,16 +70,7 @@ def _zones_config(tmp_path, zones_input: str, **zones_options):
         "output_root": str(tmp_path / "out"),
         "resolution": 6,
         "zones": {"input": zones_input, "id": {"column": "GEOID", "width": 5}, **zones_options},
-        "mobility": [
-            {
-                "name": "flows",
-                "kind": "od_table",
-                "input": "unused.csv",
-                "origin": "a",
-                "destination": "b",
-                "flow": "trips",
-            }
-        ],
+        "mobility": UNUSED_MOBILITY,
     }
     path = tmp_path / "zones_faults.yaml"
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
