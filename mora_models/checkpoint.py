@@ -44,8 +44,8 @@ LAST_CHECKPOINT = "last.pt"
 # A temporary file younger than this may belong to a writer that has created
 # it but not locked it yet, so it is kept even when unlocked.
 _TEMPORARY_GRACE_SECONDS = 60.0
-# Where flock is unsupported, an unlocked temporary file is removed only once
-# it is this old, so a live writer's file on such a filesystem is kept.
+# Age after which an unlocked temporary file is removed on a filesystem
+# without flock, so a live writer's file there is kept until then.
 _TEMPORARY_MAX_AGE_SECONDS = 3600.0
 
 
@@ -64,7 +64,7 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
             torch.save(payload, stream)
             stream.flush()
             os.fsync(stream.fileno())
-            # The rename happens under the lock, so a cleaner never sees this file unlocked.
+            # The rename happens under the lock, so no cleaner finds this file unlocked.
             os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -167,9 +167,10 @@ class _FusedInfoNCE(torch.autograd.Function):
     gradient with respect to the logits is
     ``G_ij = (E_ij / r_i + E_ij / c_j) / 2B - [i = j] / B`` for row sums r
     and column sums c. This equals the two cross-entropies on ``s`` and ``sᵀ``
-    but needs one ``[B, B]`` tensor per call instead of about a dozen:
-    on CPU, each fresh ``[B, B]`` buffer costs page faults comparable to a
-    pass over it, and a cross-entropy over ``sᵀ`` reads it column by column.
+    but needs one ``[B, B]`` tensor per call instead of about a dozen. That
+    matters on CPU, where each fresh ``[B, B]`` buffer costs page faults
+    comparable to a pass over it, and a cross-entropy over ``sᵀ`` reads it
+    column by column.
 
     The backward pass turns the saved ``E`` into ``G`` in place, so it may run
     only once per forward pass.
